@@ -1,0 +1,33 @@
+"""Picks the native queues, or their pure-Python twins where the extension is missing or refused.
+
+Set RINGBUS_PURE_PYTHON=1 to force the twins (the reference model the tests
+compare against). ``IMPLEMENTATION`` says which one is in use: "c" or "py".
+"""
+
+from __future__ import annotations
+
+import os
+
+if os.environ.get("RINGBUS_PURE_PYTHON", "") not in ("", "0"):
+    from ringbus._core._array_ring_py import ArrayRing
+    from ringbus._core._priority_queue_py import PriorityQueue
+    from ringbus._core._ring_py import Ring
+
+    IMPLEMENTATION = "py"
+else:
+    try:
+        from ringbus._core._array_ring import ArrayRing
+        from ringbus._core._priority_queue import PriorityQueue
+        from ringbus._core._ring import Ring
+
+        IMPLEMENTATION = "c"
+    except ImportError:  # the extension did not build here: stay usable, just slower
+        from ringbus._core._array_ring_py import ArrayRing
+        from ringbus._core._priority_queue_py import PriorityQueue
+        from ringbus._core._ring_py import Ring
+
+        IMPLEMENTATION = "py"
+
+from ringbus._core._stats import QueueStatistics
+
+__all__ = ["ArrayRing", "PriorityQueue", "QueueStatistics", "Ring", "IMPLEMENTATION"]

@@ -1,0 +1,10 @@
+# Thin declarations of csrc/rb_ring.h (lock-free bounded MPMC ring of pointers).
+cdef extern from "rb_ring.h" nogil:
+    ctypedef struct rb_ring:
+        size_t capacity
+
+    int rb_ring_init(rb_ring *r, size_t capacity)
+    void rb_ring_free(rb_ring *r)
+    int rb_ring_try_push(rb_ring *r, void *item)
+    int rb_ring_try_pop(rb_ring *r, void **out)
+    size_t rb_ring_size(rb_ring *r)

@@ -15,6 +15,7 @@ CYTHON_DIRECTIVES = {
     "cdivision": True,
     "initializedcheck": DEBUG,
     "embedsignature": True,
+    "binding": False,  # methods as plain C methods: a bound call skips the cyfunction layer
 }
 
 compile_args = ["-std=gnu11", "-O2" if not DEBUG else "-O0", "-g0" if not DEBUG else "-g"]

@@ -105,6 +105,112 @@ static inline int rb_ring_try_pop(rb_ring *r, void **out)
     }
 }
 
+/* The same protocol without the CAS, for callers that already serialise every
+   producer and consumer with one lock (the Python bindings: the GIL). A CAS
+   costs more than the rest of a push; under one lock it buys nothing. */
+static inline int rb_ring_push_locked(rb_ring *r, void *item)
+{
+    size_t pos = atomic_load_explicit(&r->enqueue_pos, memory_order_relaxed);
+    if (RB_UNLIKELY(pos - atomic_load_explicit(&r->dequeue_pos, memory_order_relaxed) >= r->capacity))
+        return 0;
+    rb_ring_cell *cell = &r->cells[pos & r->mask];
+    RB_ASSERT(atomic_load_explicit(&cell->seq, memory_order_relaxed) == pos);
+    cell->item = item;
+    atomic_store_explicit(&cell->seq, pos + 1, memory_order_release);
+    atomic_store_explicit(&r->enqueue_pos, pos + 1, memory_order_relaxed);
+    return 1;
+}
+
+static inline int rb_ring_pop_locked(rb_ring *r, void **out)
+{
+    size_t pos = atomic_load_explicit(&r->dequeue_pos, memory_order_relaxed);
+    if (RB_UNLIKELY(pos == atomic_load_explicit(&r->enqueue_pos, memory_order_relaxed)))
+        return 0;
+    rb_ring_cell *cell = &r->cells[pos & r->mask];
+    RB_ASSERT(atomic_load_explicit(&cell->seq, memory_order_relaxed) == pos + 1);
+    *out = cell->item;
+    cell->item = NULL;
+    atomic_store_explicit(&cell->seq, pos + r->mask + 1, memory_order_release);
+    atomic_store_explicit(&r->dequeue_pos, pos + 1, memory_order_relaxed);
+    return 1;
+}
+
+/* Pushes up to n items in order with one CAS for the whole run; returns how
+   many (0 when full). The run is claimed only over slots already free, so a
+   slow consumer shortens it rather than making producers wait. */
+static inline size_t rb_ring_try_push_many(rb_ring *r, void *const *items, size_t n)
+{
+    size_t pos = atomic_load_explicit(&r->enqueue_pos, memory_order_relaxed);
+    for (;;) {
+        size_t deq = atomic_load_explicit(&r->dequeue_pos, memory_order_acquire);
+        size_t used = pos - deq;
+        if (RB_UNLIKELY(used >= r->capacity))
+            return 0;
+        size_t k = r->capacity - used;
+        if (k > n)
+            k = n;
+        size_t i;
+        int stale = 0;
+        for (i = 0; i < k; i++) {
+            size_t seq = atomic_load_explicit(&r->cells[(pos + i) & r->mask].seq, memory_order_acquire);
+            if (seq != pos + i) {
+                stale = (intptr_t)(seq - (pos + i)) > 0;  /* another producer got there first */
+                break;
+            }
+        }
+        if (stale || i == 0) {
+            if (!stale)
+                return 0;
+            pos = atomic_load_explicit(&r->enqueue_pos, memory_order_relaxed);
+            continue;
+        }
+        k = i;
+        if (!atomic_compare_exchange_weak_explicit(&r->enqueue_pos, &pos, pos + k,
+                                                   memory_order_relaxed, memory_order_relaxed))
+            continue;
+        for (i = 0; i < k; i++) {
+            rb_ring_cell *cell = &r->cells[(pos + i) & r->mask];
+            cell->item = items[i];
+            atomic_store_explicit(&cell->seq, pos + i + 1, memory_order_release);
+        }
+        return k;
+    }
+}
+
+/* Pops up to n items, oldest first, with one CAS for the whole run; returns how many. */
+static inline size_t rb_ring_try_pop_many(rb_ring *r, void **out, size_t n)
+{
+    size_t pos = atomic_load_explicit(&r->dequeue_pos, memory_order_relaxed);
+    for (;;) {
+        size_t i;
+        int stale = 0;
+        for (i = 0; i < n; i++) {
+            size_t seq = atomic_load_explicit(&r->cells[(pos + i) & r->mask].seq, memory_order_acquire);
+            if (seq != pos + i + 1) {
+                stale = (intptr_t)(seq - (pos + i + 1)) > 0;  /* another consumer got there first */
+                break;
+            }
+        }
+        if (stale || i == 0) {
+            if (!stale)
+                return 0;
+            pos = atomic_load_explicit(&r->dequeue_pos, memory_order_relaxed);
+            continue;
+        }
+        size_t k = i;
+        if (!atomic_compare_exchange_weak_explicit(&r->dequeue_pos, &pos, pos + k,
+                                                   memory_order_relaxed, memory_order_relaxed))
+            continue;
+        for (i = 0; i < k; i++) {
+            rb_ring_cell *cell = &r->cells[(pos + i) & r->mask];
+            out[i] = cell->item;
+            cell->item = NULL;
+            atomic_store_explicit(&cell->seq, pos + i + r->mask + 1, memory_order_release);
+        }
+        return k;
+    }
+}
+
 /* Items held right now; exact when no other thread is mid-operation. */
 static inline size_t rb_ring_size(rb_ring *r)
 {

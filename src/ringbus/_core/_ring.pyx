@@ -4,11 +4,11 @@
 cimport cython
 from cpython.list cimport PyList_New
 from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
-from cpython.sequence cimport PySequence_Check, PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
+from cpython.sequence cimport PySequence_Check, PySequence_Fast, PySequence_Fast_GET_SIZE, PySequence_Fast_ITEMS
 from libc.stdint cimport int64_t, uint32_t
 
 from ringbus._core._waiting cimport checked_count, deadline_ns, sleep_until
-from ringbus._core.rb_ring cimport rb_ring_free, rb_ring_init, rb_ring_size, rb_ring_try_pop, rb_ring_try_push
+from ringbus._core.rb_ring cimport rb_ring_free, rb_ring_init, rb_ring_size, rb_ring_pop_locked, rb_ring_push_locked, rb_ring_try_pop, rb_ring_try_pop_many, rb_ring_try_push_many
 from ringbus._core.rb_wait cimport rb_event_cancel, rb_event_init, rb_event_notify_locked, rb_event_prepare, rb_event_waiters
 
 from types import GenericAlias
@@ -17,8 +17,7 @@ from ringbus._core._stats import QueueStatistics
 from ringbus.errors import Closed, Empty, Full
 
 cdef extern from "Python.h":
-    # Steals the reference the ring held, so a popped item is moved, not copied.
-    void PyList_SET_ITEM_STEAL "PyList_SET_ITEM"(object lst, Py_ssize_t i, PyObject *item)
+    void Py_SET_SIZE(object o, Py_ssize_t size)
 
 
 @cython.final
@@ -59,7 +58,7 @@ cdef class Ring:
     cdef Py_ssize_t _drain(self) except -1:
         cdef void *p
         cdef Py_ssize_t n = 0
-        while rb_ring_try_pop(&self._ring, &p):
+        while rb_ring_pop_locked(&self._ring, &p):
             Py_DECREF(<object>p)
             n += 1
         return n
@@ -69,7 +68,7 @@ cdef class Ring:
         if self._closed:
             raise Closed("put() on a closed Ring")
         Py_INCREF(item)
-        if rb_ring_try_push(&self._ring, <PyObject *>item):
+        if rb_ring_push_locked(&self._ring, <PyObject *>item):
             rb_event_notify_locked(&self._not_empty, 0)
             return
         if not block:
@@ -88,7 +87,7 @@ cdef class Ring:
             if self._closed:
                 rb_event_cancel(&self._not_full)
                 raise Closed("Ring was closed while put() waited")
-            if rb_ring_try_push(&self._ring, <PyObject *>item):
+            if rb_ring_push_locked(&self._ring, <PyObject *>item):
                 rb_event_cancel(&self._not_full)
                 rb_event_notify_locked(&self._not_empty, 0)
                 return 0
@@ -105,7 +104,7 @@ cdef class Ring:
         A closed ring still hands out what it holds, then raises Closed.
         """
         cdef void *p
-        if rb_ring_try_pop(&self._ring, &p):
+        if rb_ring_pop_locked(&self._ring, &p):
             rb_event_notify_locked(&self._not_full, 0)
             item = <object>p
             Py_DECREF(item)
@@ -121,7 +120,7 @@ cdef class Ring:
         cdef uint32_t key
         while True:
             key = rb_event_prepare(&self._not_empty)
-            if rb_ring_try_pop(&self._ring, &p):
+            if rb_ring_pop_locked(&self._ring, &p):
                 rb_event_cancel(&self._not_empty)
                 rb_event_notify_locked(&self._not_full, 0)
                 item = <object>p
@@ -147,19 +146,20 @@ cdef class Ring:
         if not PySequence_Check(items):
             raise TypeError(f"items must be a sequence (list, tuple, ...), got {type(items).__name__}")
         seq = PySequence_Fast(items, "items must be a sequence")
-        cdef Py_ssize_t i, total = PySequence_Fast_GET_SIZE(seq)
-        cdef PyObject *item
+        cdef Py_ssize_t i, pushed, total = PySequence_Fast_GET_SIZE(seq)
+        cdef PyObject **objects = PySequence_Fast_ITEMS(seq)
+        cdef Py_ssize_t room = <Py_ssize_t>(self._ring.capacity - rb_ring_size(&self._ring))
+        if total > room:
+            total = room
+        # the ring's references exist before a consumer can see the items
         for i in range(total):
-            item = PySequence_Fast_GET_ITEM(seq, i)
-            Py_INCREF(<object>item)
-            if not rb_ring_try_push(&self._ring, item):
-                Py_DECREF(<object>item)
-                break
-        else:
-            i = total
-        if i:
+            Py_INCREF(<object>objects[i])
+        pushed = <Py_ssize_t>rb_ring_try_push_many(&self._ring, <void **>objects, <size_t>total)
+        for i in range(pushed, total):
+            Py_DECREF(<object>objects[i])
+        if pushed:
             rb_event_notify_locked(&self._not_empty, 0)
-        return i
+        return pushed
 
     def get_many(self, max_items):
         """Remove and return up to max_items of the oldest items, without blocking.
@@ -169,19 +169,16 @@ cdef class Ring:
         """
         cdef Py_ssize_t want = checked_count(max_items, "max_items")
         cdef Py_ssize_t have = <Py_ssize_t>rb_ring_size(&self._ring)
-        cdef Py_ssize_t i
-        cdef void *p
+        cdef Py_ssize_t got
         if want > have:
             want = have
         if have == 0 and self._closed:
             raise Closed("get_many() on a closed, drained Ring")
         out = PyList_New(want)
-        for i in range(want):
-            if not rb_ring_try_pop(&self._ring, &p):
-                # only a consumer outside the GIL could race us here
-                del out[i:]
-                break
-            PyList_SET_ITEM_STEAL(out, i, <PyObject *>p)
+        # popped references move straight into the list's slots
+        got = <Py_ssize_t>rb_ring_try_pop_many(&self._ring, <void **>PySequence_Fast_ITEMS(out), <size_t>want)
+        if got < want:  # only a consumer outside the GIL could race us here
+            Py_SET_SIZE(out, got)
         if want:
             rb_event_notify_locked(&self._not_full, 0)
         return out

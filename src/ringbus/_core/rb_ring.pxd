@@ -7,4 +7,8 @@ cdef extern from "rb_ring.h" nogil:
     void rb_ring_free(rb_ring *r)
     int rb_ring_try_push(rb_ring *r, void *item)
     int rb_ring_try_pop(rb_ring *r, void **out)
+    int rb_ring_push_locked(rb_ring *r, void *item)
+    int rb_ring_pop_locked(rb_ring *r, void **out)
+    size_t rb_ring_try_push_many(rb_ring *r, void **items, size_t n)
+    size_t rb_ring_try_pop_many(rb_ring *r, void **out, size_t n)
     size_t rb_ring_size(rb_ring *r)

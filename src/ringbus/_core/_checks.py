@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import operator
+import sys
 import time
 
 
@@ -13,6 +14,8 @@ def checked_count(value: object, name: str) -> int:
         n = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    if not -sys.maxsize - 1 <= n <= sys.maxsize:  # as the native core's Py_ssize_t conversion
+        raise OverflowError(f"{name} does not fit in a C ssize_t, got {value!r}")
     if n < 0:
         raise ValueError(f"{name} must be >= 0, got {n}")
     return n

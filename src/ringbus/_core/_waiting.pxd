@@ -50,6 +50,8 @@ cdef inline Py_ssize_t checked_count(object value, str name) except -1:
         n = value.__index__()
     except (AttributeError, TypeError):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
+    except OverflowError:
+        raise OverflowError(f"{name} does not fit in a C ssize_t, got {value!r}") from None
     if n < 0:
         raise ValueError(f"{name} must be >= 0, got {n}")
     return n

@@ -12,6 +12,7 @@ from ringbus._core._waiting cimport checked_count, deadline_ns, sleep_until
 from ringbus._core.rb_heap cimport rb_heap_free, rb_heap_init, rb_heap_pop, rb_heap_push
 from ringbus._core.rb_wait cimport rb_event_cancel, rb_event_init, rb_event_notify_locked, rb_event_prepare, rb_event_waiters
 
+from itertools import islice
 from types import GenericAlias
 
 from ringbus._core._stats import QueueStatistics
@@ -160,6 +161,9 @@ cdef class PriorityQueue:
             raise Closed("put_many() on a closed PriorityQueue")
         if not PySequence_Check(items):
             raise TypeError(f"items must be a sequence (list, tuple, ...), got {type(items).__name__}")
+        if self._bounded and type(items) is not list and type(items) is not tuple:
+            # copy no more than fits: put_many(range(10**12)) must not build the whole list
+            items = list(islice(items, <Py_ssize_t>(self._heap.capacity - self._heap.size)))
         seq = PySequence_Fast(items, "items must be a sequence")
         cdef Py_ssize_t i, total = PySequence_Fast_GET_SIZE(seq)
         for i in range(total):

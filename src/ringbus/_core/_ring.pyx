@@ -11,6 +11,7 @@ from ringbus._core._waiting cimport checked_count, deadline_ns, sleep_until
 from ringbus._core.rb_ring cimport rb_ring_free, rb_ring_init, rb_ring_size, rb_ring_pop_locked, rb_ring_push_locked, rb_ring_try_pop, rb_ring_try_pop_many, rb_ring_try_push_many
 from ringbus._core.rb_wait cimport rb_event_cancel, rb_event_init, rb_event_notify_locked, rb_event_prepare, rb_event_waiters
 
+from itertools import islice
 from types import GenericAlias
 
 from ringbus._core._stats import QueueStatistics
@@ -145,6 +146,9 @@ cdef class Ring:
             raise Closed("put_many() on a closed Ring")
         if not PySequence_Check(items):
             raise TypeError(f"items must be a sequence (list, tuple, ...), got {type(items).__name__}")
+        if type(items) is not list and type(items) is not tuple:
+            # copy no more than fits: put_many(range(10**12)) must not build the whole list
+            items = list(islice(items, <Py_ssize_t>(self._ring.capacity - rb_ring_size(&self._ring))))
         seq = PySequence_Fast(items, "items must be a sequence")
         cdef Py_ssize_t i, pushed, total = PySequence_Fast_GET_SIZE(seq)
         cdef PyObject **objects = PySequence_Fast_ITEMS(seq)

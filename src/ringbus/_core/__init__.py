@@ -7,8 +7,15 @@ compare against). ``IMPLEMENTATION`` says which one is in use: "c" or "py".
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
-if os.environ.get("RINGBUS_PURE_PYTHON", "") not in ("", "0"):
+if TYPE_CHECKING:  # type checkers read the native classes' .pyi stubs; the twins have the same API
+    from ringbus._core._array_ring import ArrayRing
+    from ringbus._core._priority_queue import PriorityQueue
+    from ringbus._core._ring import Ring
+
+    IMPLEMENTATION: str
+elif os.environ.get("RINGBUS_PURE_PYTHON", "") not in ("", "0"):
     from ringbus._core._array_ring_py import ArrayRing
     from ringbus._core._priority_queue_py import PriorityQueue
     from ringbus._core._ring_py import Ring

@@ -114,6 +114,15 @@ def test_non_contiguous_input_is_accepted(impl):
     np.testing.assert_array_equal(ar.get_many(10), [0, 3, 6, 9, 12, 15, 18, 19, 18, 17])
 
 
+def test_strided_input_is_copied_only_as_far_as_it_fits(impl):
+    # a broadcast view of 10**12 records must not be materialised to put 4 of them
+    ar = impl.ArrayRing("f8", 5)
+    ar.put_many(np.array([0.5]))
+    assert ar.put_many(np.broadcast_to(np.float64(1.5), (10**12,))) == 4
+    assert ar.put_many(np.broadcast_to(np.float64(2.5), (10**12,))) == 0
+    np.testing.assert_array_equal(ar.get_many(10), [0.5, 1.5, 1.5, 1.5, 1.5])
+
+
 def test_read_only_input_is_accepted(impl):
     ar = impl.ArrayRing("i2", 4)
     src = np.arange(3, dtype="i2")

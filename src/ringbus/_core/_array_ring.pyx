@@ -75,7 +75,8 @@ cdef class ArrayRing:
         if records.ndim != 1:
             raise ValueError(f"records must be a 1-d array of records, got shape {records.shape}")
         if not records.flags.c_contiguous:
-            records = numpy.ascontiguousarray(records)
+            # copy only what fits: a strided or broadcast view may be far larger than the ring
+            records = numpy.ascontiguousarray(records[:self._records.capacity - self._records.size])
         PyObject_GetBuffer(records, &view, PyBUF_SIMPLE)
         try:
             n = rb_records_write(&self._records, view.buf, <size_t>records.shape[0])

@@ -9,6 +9,7 @@
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <sched.h>
 #include <string.h>
 #include "rb_common.h"
 #include "rb_wait.h"
@@ -159,17 +160,18 @@ static inline uint64_t rb_shm_used(rb_shm *s)
     return head - tail;
 }
 
-/* Spins (with a pause hint) until *word differs from seen or spin_ns pass.
-   Bounded: used for a few microseconds before a futex sleep, because a futex
-   wake-up costs the sender a system call on every message once the receiver
-   sleeps. Returns 1 when the word changed. */
+/* Waits (busy) until *word differs from seen or spin_ns pass: pause hints
+   for the first microseconds, then sched_yield so that a peer sharing our
+   core can run and answer. Bounded: it precedes a futex sleep, because once
+   the receiver sleeps every message costs the sender a wake-up system call.
+   Returns 1 when the word changed. */
 static inline int rb_spin_until_changed(_Atomic uint64_t *word, uint64_t seen, int64_t spin_ns)
 {
     if (spin_ns <= 0)
         return 0;
-    int64_t until = rb_monotonic_ns() + spin_ns;
-    for (;;) {
-        for (int i = 0; i < 64; i++) {
+    int64_t start = rb_monotonic_ns(), now = start;
+    while (now - start < spin_ns) {
+        for (int i = 0; i < 32; i++) {
             if (atomic_load_explicit(word, memory_order_acquire) != seen)
                 return 1;
 #if defined(__x86_64__) || defined(__i386__)
@@ -178,9 +180,11 @@ static inline int rb_spin_until_changed(_Atomic uint64_t *word, uint64_t seen, i
             __asm__ __volatile__("yield");
 #endif
         }
-        if (rb_monotonic_ns() >= until)
-            return 0;
+        now = rb_monotonic_ns();
+        if (now - start > 2000)
+            sched_yield();
     }
+    return atomic_load_explicit(word, memory_order_acquire) != seen;
 }
 
 /* Waits until the ring may hold a record: spins up to spin_ns, then sleeps up

@@ -12,10 +12,11 @@ import ringbus
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ringbus.bench import core
+    from ringbus.bench import core, ipc
     from ringbus.bench._harness import format_table, run_case
 
-    suites = {"core": core.cases}
+    suites = {"core": core.cases, "ipc": ipc.cases}
+    notes = ipc.missing_peers() if args.suite in ("ipc", "all") else []
     names = list(suites) if args.suite == "all" else [args.suite]
     rows = []
     for name in names:
@@ -29,6 +30,8 @@ def _bench(args: argparse.Namespace) -> int:
         print(f"ringbus {ringbus.__version__} ({ringbus.IMPLEMENTATION} core); medians of {args.rounds} rounds; "
               "speed-up = peer time / ringbus time, measured side by side in this run")
         print(format_table(rows))
+        for note in notes:
+            print(f"note: {note}")
     return 0
 
 
@@ -38,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = commands.add_parser("bench", help="measure ringbus beside its peers and print ratios")
-    bench.add_argument("suite", nargs="?", default="core", choices=["core", "all"], help="which comparisons (default: core)")
+    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "all"], help="which comparisons (default: core)")
     bench.add_argument("--rounds", type=int, default=5, help="rounds per case; medians are reported (default: 5)")
     bench.add_argument("--scale", type=float, default=1.0, help="work per round relative to the default (0.1 = a quick look)")
     bench.add_argument("--seed", type=int, default=12345, help="seed for the random priorities")

@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 # A contender is a function that runs `n` operations and returns the seconds
-# they took (it times itself, so set-up stays out of the figure).
-Contender = Callable[[int], float]
+# they took (it times itself, so set-up stays out of the figure), or, for a
+# latency case, the list of each operation's seconds.
+Contender = Callable[[int], "float | list[float]"]
 
 
 @dataclass
@@ -24,6 +25,8 @@ class Case:
     peers: list[tuple[str, Contender]]
     target: dict[str, float] = field(default_factory=dict)  # peer label -> ratio the issue asks for
     bytes_per_op: int = 0  # > 0: also report bandwidth
+    latency: bool = False  # contenders return per-operation samples
+    latency_stat: float = 99  # the percentile a latency case's ratio compares
 
 
 @dataclass
@@ -35,9 +38,18 @@ class Row:
     ratio: float | None  # peer time / ours: > 1 means ringbus is faster
     target: float | None
     bandwidth_gbs: float | None
+    p50_us: float | None = None
+    p99_us: float | None = None
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 def run_case(case: Case, rounds: int, progress: Callable[[str], None] | None = None) -> list[Row]:
+    if case.latency:
+        return _run_latency_case(case, rounds, progress)
     contenders = [case.ours, *case.peers]
     times: dict[str, list[float]] = {label: [] for label, _ in contenders}
     for fn in (fn for _, fn in contenders):  # warm-up: caches, lazy imports, allocator
@@ -50,7 +62,7 @@ def run_case(case: Case, rounds: int, progress: Callable[[str], None] | None = N
             was_enabled = gc.isenabled()
             gc.disable()
             try:
-                times[label].append(fn(case.n))
+                times[label].append(float(fn(case.n)))  # type: ignore[arg-type]
             finally:
                 if was_enabled:
                     gc.enable()
@@ -75,6 +87,38 @@ def run_case(case: Case, rounds: int, progress: Callable[[str], None] | None = N
     return rows
 
 
+def _run_latency_case(case: Case, rounds: int, progress: Callable[[str], None] | None) -> list[Row]:
+    """Pool every round's samples per contender; report p50/p99, compare the case's percentile."""
+    contenders = [case.ours, *case.peers]
+    samples: dict[str, list[float]] = {label: [] for label, _ in contenders}
+    for r in range(rounds):
+        order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
+        for label, fn in order:
+            result = fn(case.n)
+            assert isinstance(result, list), f"latency contender {label} must return samples"
+            samples[label].extend(result)
+        if progress:
+            progress(f"{case.name}: round {r + 1}/{rounds}")
+    ours_stat = percentile(samples[case.ours[0]], case.latency_stat)
+    rows = []
+    for label, _ in contenders:
+        p50, p99 = percentile(samples[label], 50), percentile(samples[label], 99)
+        rows.append(
+            Row(
+                case=case.name,
+                label=label,
+                unit=case.unit,
+                ns_per_op=p50 * 1e9,
+                ratio=None if label == case.ours[0] else percentile(samples[label], case.latency_stat) / ours_stat,
+                target=case.target.get(label),
+                bandwidth_gbs=None,
+                p50_us=p50 * 1e6,
+                p99_us=p99 * 1e6,
+            )
+        )
+    return rows
+
+
 def timed(body: Callable[[], None]) -> float:
     start = time.perf_counter()
     body()
@@ -82,8 +126,12 @@ def timed(body: Callable[[], None]) -> float:
 
 
 def format_table(rows: list[Row]) -> str:
-    """A plain-text table: one line per contender, ratios against ringbus on its case's first line."""
-    header = ("case", "contender", "ns/op", "GB/s", "ringbus speed-up", "target", "met")
+    """A plain-text table: one line per contender, ratios against ringbus on its case's first line.
+
+    Speed-up is peer time / ringbus time (throughput cases) or peer p99 /
+    ringbus p99 (latency cases): above 1 means ringbus is faster.
+    """
+    header = ("case", "contender", "ns/op", "GB/s", "p50 us", "p99 us", "ringbus speed-up", "target", "met")
     lines = [header]
     for row in rows:
         met = ""
@@ -95,6 +143,8 @@ def format_table(rows: list[Row]) -> str:
                 row.label,
                 f"{row.ns_per_op:,.1f}",
                 f"{row.bandwidth_gbs:.2f}" if row.bandwidth_gbs is not None else "",
+                f"{row.p50_us:.1f}" if row.p50_us is not None else "",
+                f"{row.p99_us:.1f}" if row.p99_us is not None else "",
                 "(ringbus)" if row.ratio is None else f"{row.ratio:.2f}x",
                 f">= {row.target:g}x" if row.target is not None else "",
                 met,

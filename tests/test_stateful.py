@@ -362,6 +362,14 @@ def test_array_ring_behaves_like_a_deque(impl):
 
 # --------------------------------------------------------------------------- c against py, call for call
 
+AR_DTYPE = np.dtype("<i8")
+
+
+def _normalise(result):
+    got, raw = result
+    return ("ndarray", got.dtype, got.shape, got.tobytes()), raw
+
+
 counts = st.integers(-2, 12) | st.sampled_from([2**64, 1.5, "3", None])
 timeouts = st.sampled_from([None, 0, 0.0, -1, float("nan"), "1", True])
 odd_priorities = priorities | st.sampled_from([2**63, -(2**63) - 1, 1.0, "2", None])
@@ -376,21 +384,27 @@ class TwinMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.pairs = None
+        self.counter = 0
 
-    @initialize(capacity=st.integers(1, 6), pq_capacity=st.none() | st.integers(1, 6))
-    def create(self, capacity, pq_capacity):
+    @initialize(capacity=st.integers(1, 6), pq_capacity=st.none() | st.integers(1, 6), ar_capacity=st.integers(1, 6))
+    def create(self, capacity, pq_capacity, ar_capacity):
         self.pairs = {
             "ring": (self.c.Ring(capacity), self.py.Ring(capacity)),
             "pq": (self.c.PriorityQueue(pq_capacity), self.py.PriorityQueue(pq_capacity)),
+            "ar": (self.c.ArrayRing(AR_DTYPE, ar_capacity), self.py.ArrayRing(AR_DTYPE, ar_capacity)),
         }
 
     def same(self, which, call):
         outcomes = []
         for q in self.pairs[which]:
             try:
-                outcomes.append(("ok", call(q)))
+                result = call(q)
             except Exception as exc:  # noqa: BLE001 - compared below
                 outcomes.append((type(exc), str(exc)))
+            else:
+                if isinstance(result, np.ndarray):  # compare arrays by dtype, shape and bytes
+                    result = ("ndarray", result.dtype, result.shape, result.tobytes())
+                outcomes.append(("ok", result))
         assert outcomes[0] == outcomes[1], outcomes
 
     @rule(which=st.sampled_from(["ring", "pq"]), item=st.integers(), timeout=timeouts, block=st.booleans())
@@ -433,6 +447,53 @@ class TwinMachine(RuleBasedStateMachine):
     @rule(which=st.sampled_from(["ring", "pq"]), method=st.sampled_from(["clear", "close", "qsize", "empty", "full"]))
     def simple(self, which, method):
         self.same(which, lambda q: getattr(q, method)())
+
+    @rule(
+        n=st.integers(0, 8),
+        dtype=st.sampled_from([AR_DTYPE, np.dtype("<i8"), np.dtype(">i4")]),
+        layout=st.sampled_from(["contiguous", "strided", "reversed", "2-d", "list"]),
+    )
+    def ar_put_many(self, n, dtype, layout):
+        data = np.arange(self.counter, self.counter + 2 * n).astype(dtype)
+        self.counter += 2 * n
+        records = {
+            "contiguous": data[:n],
+            "strided": data[::2],
+            "reversed": data[::-1][:n],
+            "2-d": data.reshape(-1, 2) if n else data.reshape(0, 2),
+            "list": data[:n].tolist(),
+        }[layout]
+        self.same("ar", lambda ar: ar.put_many(records))
+
+    @rule(
+        n=counts,
+        out=st.sampled_from(["none", "exact", "short", "long", "strided", "wrong-dtype", "2-d", "list"]),
+    )
+    def ar_get_many(self, n, out):
+        def call(ar):
+            target = {
+                "none": None,
+                "exact": np.zeros(n if isinstance(n, int) and 0 <= n < 2**20 else 0, AR_DTYPE),
+                "short": np.zeros(1, AR_DTYPE),
+                "long": np.zeros(10, AR_DTYPE),
+                "strided": np.zeros(10, AR_DTYPE)[::2],
+                "wrong-dtype": np.zeros(4, "f8"),
+                "2-d": np.zeros((2, 2), AR_DTYPE),
+                "list": [0, 0],
+            }[out]
+            got = ar.get_many(n, out=target)
+            if target is not None:  # the records land in the first slots of out
+                return got, bytes(target) if isinstance(target, np.ndarray) and target.flags.c_contiguous else None
+            return got
+
+        if out == "exact" or out == "short" or out == "long":
+            self.same("ar", lambda ar: _normalise(call(ar)))
+        else:
+            self.same("ar", call)
+
+    @rule(method=st.sampled_from(["clear", "close"]))
+    def ar_simple(self, method):
+        self.same("ar", lambda ar: getattr(ar, method)())
 
     @invariant()
     def agrees(self):

@@ -213,3 +213,12 @@ def test_creator_exit_removes_the_segment(name: str, close: bool) -> None:
     child.join(60)
     assert child.exitcode == 0
     assert name not in os.listdir("/dev/shm")
+
+
+def test_without_the_extension_every_use_says_why() -> None:
+    from ringbus import Unsupported
+    from ringbus._core._shm_missing import ShmChannel as Missing
+
+    for call in (lambda: Missing.create("x", 4096), lambda: Missing.attach("x"), lambda: Missing()):
+        with pytest.raises(Unsupported, match="native extension"):
+            call()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ringbus._core import IMPLEMENTATION, ArrayRing, PriorityQueue, QueueStatistics, Ring
+from ringbus._core import IMPLEMENTATION, ArrayRing, PriorityQueue, QueueStatistics, Ring, ShmChannel
 from ringbus.errors import Closed, Empty, Full, PeerGone, ProtocolError, RingbusError, Unsupported
 
 __version__ = "0.1.0"
@@ -14,6 +14,8 @@ __all__ = [
     "ArrayRing",
     "QueueStatistics",
     "IMPLEMENTATION",
+    # between processes
+    "ShmChannel",
     # errors
     "RingbusError",
     "Full",

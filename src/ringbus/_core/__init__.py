@@ -37,4 +37,9 @@ else:
 
 from ringbus._core._stats import QueueStatistics
 
-__all__ = ["ArrayRing", "PriorityQueue", "QueueStatistics", "Ring", "IMPLEMENTATION"]
+try:  # shared memory needs the native core whatever the queues use: there is no twin
+    from ringbus._core._shm_channel import ShmChannel
+except ImportError:
+    from ringbus._core._shm_missing import ShmChannel  # type: ignore[assignment]
+
+__all__ = ["ArrayRing", "PriorityQueue", "QueueStatistics", "Ring", "ShmChannel", "IMPLEMENTATION"]

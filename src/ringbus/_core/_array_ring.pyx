@@ -46,9 +46,7 @@ cdef class ArrayRing:
 
     def __cinit__(self, dtype, capacity):
         dt = checked_record_dtype(dtype)
-        cdef Py_ssize_t n = checked_count(capacity, "capacity")
-        if n < 1:
-            raise ValueError(f"capacity must be >= 1, got {n}")
+        cdef Py_ssize_t n = checked_count(capacity, "capacity", 1)
         if rb_records_init(&self._records, <size_t>dt.itemsize, <size_t>n) != 0:
             raise MemoryError(f"cannot allocate an ArrayRing of {n} records of {dt}")
         self._ready = True

@@ -31,9 +31,7 @@ class ArrayRing:
 
     def __init__(self, dtype: Any, capacity: int) -> None:
         dt = checked_record_dtype(dtype)
-        n = checked_count(capacity, "capacity")
-        if n < 1:
-            raise ValueError(f"capacity must be >= 1, got {n}")
+        n = checked_count(capacity, "capacity", 1)
         self._dtype = dt
         self._data = np.empty(n, dt)
         self._head = 0

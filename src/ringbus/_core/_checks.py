@@ -8,16 +8,16 @@ import sys
 import time
 
 
-def checked_count(value: object, name: str) -> int:
-    """A non-negative item count, or a clear error naming the argument."""
+def checked_count(value: object, name: str, minimum: int = 0) -> int:
+    """An item count >= minimum, or a clear error naming the argument."""
     try:
         n = operator.index(value)  # type: ignore[arg-type]
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     if not -sys.maxsize - 1 <= n <= sys.maxsize:  # as the native core's Py_ssize_t conversion
         raise OverflowError(f"{name} does not fit in a C ssize_t, got {value!r}")
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {n}")
     return n
 
 

@@ -50,9 +50,7 @@ cdef class PriorityQueue:
     def __cinit__(self, capacity=None):
         cdef Py_ssize_t n = 0
         if capacity is not None:
-            n = checked_count(capacity, "capacity")
-            if n < 1:
-                raise ValueError(f"capacity must be >= 1 or None, got {n}")
+            n = checked_count(capacity, "capacity", 1)
             self._bounded = True
         if rb_heap_init(&self._heap, <size_t>n) != 0:
             raise MemoryError("cannot allocate a PriorityQueue")
@@ -68,7 +66,7 @@ cdef class PriorityQueue:
     __class_getitem__ = classmethod(GenericAlias)
 
     cdef Py_ssize_t _drain(self) except -1:
-        cdef void *p
+        cdef void *p = NULL
         cdef Py_ssize_t n = 0
         while rb_heap_pop(&self._heap, &p):
             Py_DECREF(<object>p)
@@ -116,7 +114,7 @@ cdef class PriorityQueue:
 
     def get(self, bint block=True, timeout=None):
         """Remove and return the most urgent item; wait if block (up to timeout s), else raise Empty."""
-        cdef void *p
+        cdef void *p = NULL
         if rb_heap_pop(&self._heap, &p):
             if self._bounded:
                 rb_event_notify_locked(&self._not_full, 0)
@@ -130,7 +128,7 @@ cdef class PriorityQueue:
         return self._get_wait(deadline_ns(timeout))
 
     cdef object _get_wait(self, int64_t deadline):
-        cdef void *p
+        cdef void *p = NULL
         cdef uint32_t key
         while True:
             key = rb_event_prepare(&self._not_empty)
@@ -182,7 +180,7 @@ cdef class PriorityQueue:
         """
         cdef Py_ssize_t want = checked_count(max_items, "max_items")
         cdef Py_ssize_t i
-        cdef void *p
+        cdef void *p = NULL
         if want > <Py_ssize_t>self._heap.size:
             want = <Py_ssize_t>self._heap.size
         if self._heap.size == 0 and self._closed:

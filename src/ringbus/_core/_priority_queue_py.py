@@ -22,9 +22,7 @@ class PriorityQueue(BlockingQueueBase, Generic[T]):
 
     def __init__(self, capacity: int | None = None) -> None:
         if capacity is not None:
-            capacity = checked_count(capacity, "capacity")
-            if capacity < 1:
-                raise ValueError(f"capacity must be >= 1 or None, got {capacity}")
+            capacity = checked_count(capacity, "capacity", 1)
         super().__init__()
         self._capacity = capacity
         # (-priority, seq, item): heapq is a min-heap, and seq breaks ties in put order

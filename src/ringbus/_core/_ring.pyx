@@ -40,9 +40,7 @@ cdef class Ring:
     """
 
     def __cinit__(self, capacity):
-        cdef Py_ssize_t n = checked_count(capacity, "capacity")
-        if n < 1:
-            raise ValueError(f"capacity must be >= 1, got {n}")
+        cdef Py_ssize_t n = checked_count(capacity, "capacity", 1)
         if rb_ring_init(&self._ring, <size_t>n) != 0:
             raise MemoryError(f"cannot allocate a Ring of capacity {n}")
         self._ready = True

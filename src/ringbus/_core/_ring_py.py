@@ -20,9 +20,7 @@ class Ring(BlockingQueueBase, Generic[T]):
     __class_getitem__ = classmethod(GenericAlias)  # type: ignore[assignment]
 
     def __init__(self, capacity: int) -> None:
-        n = checked_count(capacity, "capacity")
-        if n < 1:
-            raise ValueError(f"capacity must be >= 1, got {n}")
+        n = checked_count(capacity, "capacity", 1)
         super().__init__()
         self._capacity = n
         self._items: deque[T] = deque()

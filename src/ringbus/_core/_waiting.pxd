@@ -43,8 +43,8 @@ cdef inline int sleep_until(rb_event *event, uint32_t key, int64_t deadline) exc
     return 1
 
 
-cdef inline Py_ssize_t checked_count(object value, str name) except -1:
-    """A non-negative item count, or a clear error naming the argument."""
+cdef inline Py_ssize_t checked_count(object value, str name, Py_ssize_t minimum=0) except -1:
+    """An item count >= minimum, or a clear error naming the argument."""
     cdef Py_ssize_t n
     try:
         n = value.__index__()
@@ -52,6 +52,6 @@ cdef inline Py_ssize_t checked_count(object value, str name) except -1:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     except OverflowError:
         raise OverflowError(f"{name} does not fit in a C ssize_t, got {value!r}") from None
-    if n < 0:
-        raise ValueError(f"{name} must be >= 0, got {n}")
+    if n < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {n}")
     return n

@@ -4,6 +4,22 @@ from __future__ import annotations
 
 from ringbus._core import IMPLEMENTATION, ArrayRing, PriorityQueue, QueueStatistics, Ring, ShmChannel
 from ringbus.errors import Closed, Empty, Full, PeerGone, ProtocolError, RingbusError, Unsupported
+from ringbus.message import HeaderValue, Message, SettleHandle, new_id
+from ringbus import codec  # noqa: E402  (encode/decode/dumps/loads stay namespaced)
+from ringbus.transport import (
+    CurveClient,
+    CurveKeypair,
+    CurveServer,
+    Publisher,
+    Puller,
+    Pusher,
+    Replier,
+    ReplyHandle,
+    Requester,
+    Subscriber,
+    TransportStatistics,
+    curve_keypair,
+)
 
 __version__ = "0.1.0"
 
@@ -14,8 +30,26 @@ __all__ = [
     "ArrayRing",
     "QueueStatistics",
     "IMPLEMENTATION",
+    # messages
+    "Message",
+    "SettleHandle",
+    "HeaderValue",
+    "new_id",
+    "codec",
     # between processes
     "ShmChannel",
+    "Pusher",
+    "Puller",
+    "Publisher",
+    "Subscriber",
+    "Requester",
+    "Replier",
+    "ReplyHandle",
+    "TransportStatistics",
+    "CurveServer",
+    "CurveClient",
+    "CurveKeypair",
+    "curve_keypair",
     # errors
     "RingbusError",
     "Full",

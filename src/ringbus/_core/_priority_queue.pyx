@@ -8,6 +8,7 @@ from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
 from cpython.sequence cimport PySequence_Check, PySequence_Fast, PySequence_Fast_GET_ITEM, PySequence_Fast_GET_SIZE
 from libc.stdint cimport int64_t, uint32_t
 
+from ringbus._core._refs cimport take_reference
 from ringbus._core._waiting cimport checked_count, deadline_ns, sleep_until
 from ringbus._core.rb_heap cimport rb_heap_free, rb_heap_init, rb_heap_pop, rb_heap_push
 from ringbus._core.rb_wait cimport rb_event_cancel, rb_event_init, rb_event_notify_locked, rb_event_prepare, rb_event_waiters
@@ -118,9 +119,7 @@ cdef class PriorityQueue:
         if rb_heap_pop(&self._heap, &p):
             if self._bounded:
                 rb_event_notify_locked(&self._not_full, 0)
-            item = <object>p
-            Py_DECREF(item)
-            return item
+            return take_reference(p)
         if self._closed:
             raise Closed("get() on a closed, drained PriorityQueue")
         if not block:
@@ -136,9 +135,7 @@ cdef class PriorityQueue:
                 rb_event_cancel(&self._not_empty)
                 if self._bounded:
                     rb_event_notify_locked(&self._not_full, 0)
-                item = <object>p
-                Py_DECREF(item)
-                return item
+                return take_reference(p)
             if self._closed:
                 rb_event_cancel(&self._not_empty)
                 raise Closed("PriorityQueue was closed while get() waited")

@@ -7,6 +7,7 @@ from cpython.ref cimport PyObject, Py_DECREF, Py_INCREF
 from cpython.sequence cimport PySequence_Check, PySequence_Fast, PySequence_Fast_GET_SIZE, PySequence_Fast_ITEMS
 from libc.stdint cimport int64_t, uint32_t
 
+from ringbus._core._refs cimport take_reference
 from ringbus._core._waiting cimport checked_count, deadline_ns, sleep_until
 from ringbus._core.rb_ring cimport rb_ring_free, rb_ring_init, rb_ring_size, rb_ring_pop_locked, rb_ring_push_locked, rb_ring_try_pop, rb_ring_try_pop_many, rb_ring_try_push_many
 from ringbus._core.rb_wait cimport rb_event_cancel, rb_event_init, rb_event_notify_locked, rb_event_prepare, rb_event_waiters
@@ -105,9 +106,7 @@ cdef class Ring:
         cdef void *p
         if rb_ring_pop_locked(&self._ring, &p):
             rb_event_notify_locked(&self._not_full, 0)
-            item = <object>p
-            Py_DECREF(item)
-            return item
+            return take_reference(p)
         if self._closed:
             raise Closed("get() on a closed, drained Ring")
         if not block:
@@ -122,9 +121,7 @@ cdef class Ring:
             if rb_ring_pop_locked(&self._ring, &p):
                 rb_event_cancel(&self._not_empty)
                 rb_event_notify_locked(&self._not_full, 0)
-                item = <object>p
-                Py_DECREF(item)
-                return item
+                return take_reference(p)
             if self._closed:
                 rb_event_cancel(&self._not_empty)
                 raise Closed("Ring was closed while get() waited")

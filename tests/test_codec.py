@@ -20,6 +20,7 @@ from ringbus.codec import decode, dumps, encode, loads
 from ringbus.errors import ProtocolError
 from ringbus.message import Message
 
+MAGIC = b"RB"
 PREFIX = b"RB\x01\x00"
 
 
@@ -42,6 +43,11 @@ def header(*elements: Any, prefix: bytes = PREFIX) -> bytes:
 DEEP_META = PREFIX + b"\x9b\x01\xa1x\xc0\x00\x80\xcb" + bytes(8) + b"\x00\xc0\xc0\xa1t\x81\xa1m" + b"\x91" * 60_000 + b"\x90"
 
 
+def encode_framed(message: Message) -> list[Any]:
+    """Encode with the body in its own frame (never inline), as large bodies travel."""
+    return encode(message, inline_max=-1)
+
+
 def full_message() -> Message:
     return Message(
         b"the body", key="order-42", priority=-7,
@@ -56,7 +62,7 @@ def full_message() -> Message:
 
 def test_round_trip_keeps_every_field():
     msg = full_message()
-    frames = encode(msg)
+    frames = encode_framed(msg)
     assert len(frames) == 2
     assert frames[0][:4] == PREFIX
     back = decode(frames)
@@ -74,7 +80,7 @@ def test_round_trip_through_a_zmq_socket_without_copies():
             sock.setsockopt(zmq.LINGER, 0)
         port = pull.bind_to_random_port("tcp://127.0.0.1")
         push.connect(f"tcp://127.0.0.1:{port}")
-        push.send_multipart(encode(msg), copy=False)
+        push.send_multipart(encode_framed(msg), copy=False)
         assert pull.poll(10_000), "nothing arrived within 10 s"
         frames = pull.recv_multipart(copy=False)
         back = decode(frames, copy=False)
@@ -90,7 +96,7 @@ def test_round_trip_through_a_zmq_socket_without_copies():
 
 def test_decode_accepts_zmq_frames_bytearrays_and_memoryviews():
     msg = full_message()
-    head, body = encode(msg)
+    head, body = encode_framed(msg)
     for kind in (zmq.Frame, bytearray, memoryview, bytes):
         frames = [kind(bytes(head)), kind(bytes(body))]
         assert decode(frames) == msg
@@ -98,7 +104,7 @@ def test_decode_accepts_zmq_frames_bytearrays_and_memoryviews():
 
 
 def test_copy_false_body_is_a_view_of_the_frame():
-    head, _ = encode(Message(b""))
+    head, _ = encode_framed(Message(b""))
     frame = bytearray(b"mutable")
     back = decode([head, frame], copy=False)
     assert isinstance(back.body, memoryview) and back.body.obj is frame
@@ -107,7 +113,7 @@ def test_copy_false_body_is_a_view_of_the_frame():
 
 
 def test_bytes_frames_are_used_as_they_are():
-    head, _ = encode(Message(b""))
+    head, _ = encode_framed(Message(b""))
     body = b"immutable already"
     assert decode([head, body]).body is body
     assert decode([head, body], copy=False).body is body
@@ -144,12 +150,12 @@ def test_readers_accept_non_minimal_msgpack_and_int_timestamps():
 
 def test_bytes_body_is_sent_as_itself():
     body = b"x" * 1000
-    assert encode(Message(body))[1] is body
+    assert encode_framed(Message(body))[1] is body
 
 
 def test_bytearray_body_is_sent_as_a_view():
     body = bytearray(b"x" * 1000)
-    frame = encode(Message(body))[1]
+    frame = encode_framed(Message(body))[1]
     assert isinstance(frame, memoryview) and frame.obj is body
 
 
@@ -327,7 +333,7 @@ def test_decode_names_the_field_in_nested_errors():
         decode([header(*envelope(headers={"a": {"b": 1}})), b""])
 
 
-VALID_HEADER = bytes(encode(full_message())[0])
+VALID_HEADER = bytes(encode_framed(full_message())[0])
 MSGPACK_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=10),
               st.binary(max_size=10)),
@@ -382,8 +388,8 @@ def test_decode_returns_a_message_or_raises_protocol_error(frames, copy):
     assert isinstance(msg, Message)
     # Whatever decode accepts, encode can send on unchanged (a broker forwards
     # messages). Compared as bytes: a NaN header never equals itself.
-    frames = encode(msg)
-    again = encode(decode(frames))
+    frames = encode_framed(msg)
+    again = encode_framed(decode(frames))
     assert bytes(again[0]) == bytes(frames[0]) and bytes(again[1]) == bytes(frames[1])
 
 
@@ -633,3 +639,38 @@ def test_a_crafted_pickle_never_runs_by_default(tmp_path, content_type):
 def test_a_broken_pickle_is_a_protocol_error():
     with pytest.raises(ProtocolError, match="pickle"):
         loads(b"\x80\x05garbage", "application/python-pickle", allow_pickle=True)
+
+
+def test_small_body_travels_inline_in_one_frame():
+    msg = full_message()
+    frames = encode(msg)
+    assert len(frames) == 1 and frames[0][:4] == MAGIC + bytes((codec.VERSION, codec.INLINE))
+    assert decode(frames) == msg
+    assert decode(frames, copy=False) == msg
+
+
+def test_bodies_over_inline_max_get_their_own_frame():
+    assert len(encode(Message(bytes(codec.INLINE_MAX)))) == 1
+    assert len(encode(Message(bytes(codec.INLINE_MAX + 1)))) == 2
+    assert len(encode(Message(b"abc"), inline_max=2)) == 2
+
+
+def test_a_large_envelope_moves_the_body_out_of_the_header():
+    msg = Message(bytes(1000), headers={"big": "x" * (codec.MAX_HEADER_SIZE - 600)})
+    frames = encode(msg)
+    assert len(frames) == 2 and decode(frames) == msg
+
+
+def test_inline_flag_without_inline_body_or_with_body_frames_is_refused():
+    inline_prefix = MAGIC + bytes((codec.VERSION, codec.INLINE))
+    with pytest.raises(ProtocolError, match="inline body"):
+        decode([inline_prefix + msgspec.msgpack.encode(envelope(body_frames=0))])
+    with pytest.raises(ProtocolError, match="inline body"):
+        decode([inline_prefix + msgspec.msgpack.encode([*envelope(body_frames=0), "not bytes"])])
+    with pytest.raises(ProtocolError, match="inline body"):
+        decode([encode(Message(b"x"))[0], b"extra body frame"])
+
+
+def test_a_twelfth_element_without_the_inline_flag_is_an_extension_to_ignore():
+    head = PREFIX + msgspec.msgpack.encode([*envelope(body_frames=1), "future field"])
+    assert decode([head, b"body"]).body == b"body"

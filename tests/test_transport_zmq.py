@@ -523,7 +523,7 @@ def test_serve_stops_after_max_messages() -> None:
 
 # --- bad input ---------------------------------------------------------------------------------
 
-GOOD = encode(Message(b"good", id="good-id"))
+GOOD = encode(Message(b"good", id="good-id"), inline_max=-1)  # header and body frames, to break apart
 HEADER = bytes(GOOD[0])
 BAD_INPUTS = {
     "garbage": ([b"garbage!", b"body"], "magic"),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import time
+import traceback
 import uuid
 from itertools import repeat
 from typing import Any, Callable
@@ -13,7 +15,9 @@ import numpy as np
 import zmq
 
 from ringbus._core._shm_channel import ShmChannel
-from ringbus.bench._harness import Case
+from ringbus.bench._harness import Case, timed
+from ringbus.message import Message
+from ringbus.transport import Publisher, Puller, Pusher, Replier, Requester
 
 try:
     import faster_fifo
@@ -29,10 +33,15 @@ def _in_child(body: Callable[[], None]) -> Any:
     """Run body in a forked child that exits hard (no atexit, no inherited finalizers)."""
 
     def main() -> None:
+        code = 0
         try:
             body()
+        except BaseException:  # say why, or the parent only sees a missing message
+            traceback.print_exc()
+            code = 1
         finally:
-            os._exit(0)
+            sys.stderr.flush()
+            os._exit(code)
 
     child = FORK.Process(target=main, daemon=True)
     child.start()
@@ -45,6 +54,8 @@ def _channel_name() -> str:
 
 def _receive_timed(n: int, recv_one: Callable[[], Any]) -> float:
     """Time n-1 receptions after the first (so the child's start-up is not counted)."""
+    if n < 2:
+        return timed(recv_one)
     recv_one()
     start = time.perf_counter()
     for _ in repeat(None, n - 1):
@@ -69,7 +80,7 @@ def shm_single(size: int) -> Callable[[int], float]:
 
         child = _in_child(produce)
         try:
-            return _receive_timed(n, rx.recv)
+            return _receive_timed(n, lambda: rx.recv(60))
         finally:
             child.join()
             rx.close()
@@ -91,10 +102,10 @@ def shm_batch(size: int) -> Callable[[int], float]:
 
         child = _in_child(produce)
         try:
-            got = len(rx.recv_many(BATCH))
+            got = len(rx.recv_many(BATCH, 60))
             start = time.perf_counter()
             while got < n // BATCH * BATCH:
-                got += len(rx.recv_many(BATCH))
+                got += len(rx.recv_many(BATCH, 60))
             return time.perf_counter() - start
         finally:
             child.join()
@@ -116,7 +127,7 @@ def mp_queue(size: int) -> Callable[[int], float]:
 
         child = _in_child(produce)
         try:
-            return _receive_timed(n, q.get)
+            return _receive_timed(n, lambda: q.get(timeout=60))
         finally:
             child.join()
 
@@ -187,6 +198,7 @@ def zmq_push_pull(size: int, copy: bool = True) -> Callable[[int], float]:
         ctx = zmq.Context()
         pull = ctx.socket(zmq.PULL)
         pull.linger = 0
+        pull.rcvtimeo = 60_000  # a lost message fails the run instead of hanging it
         pull.bind(endpoint)
         payload = bytes(size)
 
@@ -210,6 +222,111 @@ def zmq_push_pull(size: int, copy: bool = True) -> Callable[[int], float]:
             ctx.term()
 
     return run
+
+
+# --- the ZeroMQ transport: Messages with the envelope --------------------------------
+
+def transport_push_pull(size: int, batch: int = 1) -> Callable[[int], float]:
+    def run(n: int) -> float:
+        endpoint = f"ipc:///tmp/{_channel_name()}"
+        ctx = zmq.Context()
+        puller = Puller(endpoint, bind=True, linger=0, context=ctx)
+        body = bytes(size)
+
+        def produce() -> None:
+            cctx = zmq.Context()
+            pusher = Pusher(endpoint, bind=False, linger=5.0, context=cctx)
+            if batch > 1:
+                for _ in repeat(None, n // batch):
+                    pusher.send_many([Message(body) for _ in repeat(None, batch)])
+            else:
+                send = pusher.send
+                for _ in repeat(None, n):
+                    send(Message(body))
+            pusher.close()
+            cctx.term()
+
+        child = _in_child(produce)
+        try:
+            if batch > 1:
+                got = len(puller.recv_many(batch, timeout=60))
+                start = time.perf_counter()
+                while got < n // batch * batch:
+                    got += len(puller.recv_many(batch, timeout=60))
+                return time.perf_counter() - start
+            recv = puller.recv
+            return _receive_timed(n, lambda: recv(60))
+        finally:
+            child.join()
+            puller.close()
+            ctx.term()
+
+    return run
+
+
+def transport_case(size: int, n: int) -> Case:
+    return Case(
+        f"ZeroMQ transport, {size} B Message",
+        "message",
+        n,
+        ("Pusher.send / Puller.recv (envelope)", transport_push_pull(size)),
+        [("pyzmq PUSH/PULL ipc (raw bytes)", zmq_push_pull(size)),
+         (f"Pusher.send_many / Puller.recv_many x{BATCH}", transport_push_pull(size, BATCH))],
+        target={"pyzmq PUSH/PULL ipc (raw bytes)": 0.8},
+    )
+
+
+def transport_array(n: int) -> float:
+    endpoint = f"ipc:///tmp/{_channel_name()}"
+    ctx = zmq.Context()
+    puller = Puller(endpoint, bind=True, linger=0, context=ctx)
+    arr = np.ones(BIG // 8, np.float64)
+
+    def produce() -> None:
+        cctx = zmq.Context()
+        pusher = Pusher(endpoint, bind=False, linger=5.0, context=cctx)
+        for _ in repeat(None, n):
+            pusher.send(Message.of(arr))
+        pusher.close()
+        cctx.term()
+
+    child = _in_child(produce)
+    try:
+        return _receive_timed(n, lambda: puller.recv(60).value()[-1])
+    finally:
+        child.join()
+        puller.close()
+        ctx.term()
+
+
+def transport_req_rep(n: int) -> list[float]:
+    endpoint = f"ipc:///tmp/{_channel_name()}"
+    ctx = zmq.Context()
+    requester = Requester(endpoint, bind=True, linger=0, context=ctx)
+
+    def echo() -> None:
+        cctx = zmq.Context()
+        replier = Replier(endpoint, bind=False, linger=0, context=cctx)
+        for _ in repeat(None, n + 1):
+            handle, message = replier.recv(60)
+            replier.reply(handle, Message(message.body))
+        replier.close()
+        cctx.term()
+
+    child = _in_child(echo)
+    try:
+        payload = bytes(64)
+        samples = []
+        requester.request(Message(payload), timeout=60)
+        for _ in repeat(None, n):
+            t = time.perf_counter()
+            requester.request(Message(payload), timeout=60)
+            samples.append(time.perf_counter() - t)
+        return samples
+    finally:
+        child.join()
+        requester.close()
+        ctx.term()
 
 
 def throughput_case(size: int, n: int) -> Case:
@@ -260,7 +377,7 @@ def shm_array(n: int) -> float:
 
     child = _in_child(produce)
     try:
-        return _receive_timed(n, lambda: np.frombuffer(rx.recv_view(), np.float64)[-1])
+        return _receive_timed(n, lambda: np.frombuffer(rx.recv_view(60), np.float64)[-1])
     finally:
         child.join()
         rx.close()
@@ -271,6 +388,7 @@ def zmq_array(n: int) -> float:
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
     pull.linger = 0
+    pull.rcvtimeo = 60_000
     pull.bind(endpoint)
     arr = np.ones(BIG // 8, np.float64)
 
@@ -323,11 +441,11 @@ def shm_ping_pong(n: int) -> list[float]:
         payload = bytes(64)
         samples = []
         out.send(payload)
-        inp.recv()
+        inp.recv(60)
         for _ in repeat(None, n):
             t = time.perf_counter()
             out.send(payload)
-            inp.recv()
+            inp.recv(60)
             samples.append(time.perf_counter() - t)
         return samples
     finally:
@@ -364,6 +482,7 @@ def zmq_req_rep(n: int) -> list[float]:
     ctx = zmq.Context()
     req = ctx.socket(zmq.REQ)
     req.linger = 0
+    req.rcvtimeo = 60_000
     req.bind(endpoint)
 
     def echo() -> None:
@@ -407,6 +526,30 @@ def round_trip_case(n: int) -> Case:
     )
 
 
+def transport_array_case(n: int) -> Case:
+    return Case(
+        "4 MiB float64 array, ZeroMQ transport",
+        "array",
+        n,
+        ("Pusher/Puller Message.of(array)", transport_array),
+        [("pyzmq send(copy=False) ipc", zmq_array)],
+        target={"pyzmq send(copy=False) ipc": 0.8},
+        bytes_per_op=BIG,
+    )
+
+
+def transport_round_trip_case(n: int) -> Case:
+    return Case(
+        "request-reply, 64 B (p99 compared)",
+        "round trip",
+        n,
+        ("Requester/Replier (DEALER/ROUTER, envelope)", transport_req_rep),
+        [("pyzmq REQ/REP ipc", zmq_req_rep)],
+        target={"pyzmq REQ/REP ipc": 1 / 1.3},
+        latency=True,
+    )
+
+
 def cases(scale: float = 1.0, seed: int = 0) -> list[Case]:
     """The cross-process comparisons; scale < 1 shortens every case."""
 
@@ -420,6 +563,10 @@ def cases(scale: float = 1.0, seed: int = 0) -> list[Case]:
         batch_case(1024, n(200_000)),
         array_case(max(4, int(200 * scale))),
         round_trip_case(n(20_000)),
+        transport_case(64, n(200_000)),
+        transport_case(1024, n(200_000)),
+        transport_array_case(max(4, int(200 * scale))),
+        transport_round_trip_case(n(20_000)),
     ]
 
 

@@ -90,7 +90,7 @@ class Publisher(ZmqSocket):
         """
         if not isinstance(topic, str):
             raise TypeError(f"topic must be a str, not {type(topic).__name__}")
-        frames = [topic.encode("utf-8"), *encode(check_message(message))]
+        frames = [topic.encode("utf-8"), *encode(check_message(message), inline_max=self._inline_max)]
         self._send_frames(frames, NO_WAIT, 0)
 
 

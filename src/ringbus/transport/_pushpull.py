@@ -91,7 +91,7 @@ class Pusher(ZmqSocket):
         TypeError, ValueError
             If ``message`` is not a Message or its envelope cannot be encoded.
         """
-        frames = encode(check_message(message))
+        frames = encode(check_message(message), inline_max=self._inline_max)
         self._send_frames(frames, check_timeout(timeout), timeout)
 
     def send_nowait(self, message: Message) -> None:
@@ -125,7 +125,8 @@ class Pusher(ZmqSocket):
             If an item is not a Message or cannot be encoded.
         """
         deadline = check_timeout(timeout)
-        batch = [encode(check_message(m)) for m in messages]
+        inline_max = self._inline_max
+        batch = [encode(check_message(m), inline_max=inline_max) for m in messages]
         for sent, frames in enumerate(batch):
             try:
                 self._send_frames(frames, deadline, timeout)

@@ -108,7 +108,7 @@ class Requester(Receiver):
         """
         deadline = check_timeout(timeout)
         request_id = check_message(message).id
-        self._send_frames([b"", *encode(message)], deadline, timeout)
+        self._send_frames([b"", *encode(message, inline_max=self._inline_max)], deadline, timeout)
         while True:
             try:
                 frames = self._recv_frames(deadline, timeout)
@@ -279,7 +279,7 @@ class Replier(Receiver):
             raise TypeError(f"handle must be the ReplyHandle from recv(), not {type(handle).__name__}")
         if check_message(message).correlation_id is None:
             message = msgspec.structs.replace(message, correlation_id=handle.request_id)
-        return [*handle.envelope, *encode(message)]
+        return [*handle.envelope, *encode(message, inline_max=self._inline_max)]
 
     def serve(
         self,

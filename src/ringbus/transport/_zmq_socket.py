@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import zmq
 
-from ringbus.codec import decode
+from ringbus.codec import INLINE_MAX, decode
 from ringbus.errors import Closed, Empty, Full, PeerGone, ProtocolError
 from ringbus.message import Message
 
@@ -43,8 +43,9 @@ DEFAULT_COPY_THRESHOLD = 65536
 """Frames of at least this many bytes are sent and received zero-copy (pyzmq's own ``zmq.COPY_THRESHOLD``)."""
 
 _SCHEMES = ("tcp://", "ipc://", "inproc://")
-_NOBLOCK = zmq.NOBLOCK
-_RCVMORE = zmq.RCVMORE
+# Plain ints: pyzmq's flag enums cost about a microsecond per `|` on the hot path.
+_NOBLOCK = int(zmq.NOBLOCK)
+_RCVMORE = int(zmq.RCVMORE)
 # Only the ROUTER can report "writable" and still refuse a send (the one peer we
 # address is full while others are not); these bound the sleep between retries.
 _BACKOFF_FIRST = 0.001
@@ -166,6 +167,10 @@ class ZmqSocket:
 
         self._owner = threading.get_ident()
         self._copy_threshold = copy_threshold
+        # Bodies below the copy threshold are copied by pyzmq anyway: send them
+        # inside the header frame (one frame, not two). Larger ones get their
+        # own frame and travel without a copy.
+        self._inline_max = min(INLINE_MAX, copy_threshold - 1)
         # Whether the next body frame is received zero-copy: guessed from the
         # previous body on this socket, since libzmq gives no size before recv.
         self._zero_copy = copy_threshold == 0
@@ -337,7 +342,10 @@ class ZmqSocket:
                 # and lends larger ones (the body) to libzmq without a copy.
                 # Only the first frame can raise Again: libzmq counts the HWM
                 # in whole messages, so the rest of a started message always fits.
-                sock.send_multipart(frames, _NOBLOCK, copy=False)
+                if len(frames) == 1:  # an inline body: small, so a copying send is cheapest
+                    sock.send(frames[0], _NOBLOCK)
+                else:
+                    sock.send_multipart(frames, _NOBLOCK, copy=False)
                 self._sent += 1
                 return
             except zmq.Again:

@@ -16,7 +16,7 @@ def _bench(args: argparse.Namespace) -> int:
     from ringbus.bench._harness import format_table, run_case
 
     suites = {"core": core.cases, "ipc": ipc.cases}
-    notes = ipc.missing_peers() if args.suite in ("ipc", "all") else []
+
     names = list(suites) if args.suite == "all" else [args.suite]
     rows = []
     for name in names:
@@ -24,8 +24,9 @@ def _bench(args: argparse.Namespace) -> int:
             if not args.json:
                 print(f"running {case.name} ...", file=sys.stderr, flush=True)
             rows.extend(run_case(case, args.rounds))
+    notes = ipc.missing_peers() if args.suite in ("ipc", "all") else []
     if args.json:
-        print(json.dumps({"implementation": ringbus.IMPLEMENTATION, "rows": [asdict(r) for r in rows]}, indent=2))
+        print(json.dumps({"implementation": ringbus.IMPLEMENTATION, "rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
     else:
         print(f"ringbus {ringbus.__version__} ({ringbus.IMPLEMENTATION} core); medians of {args.rounds} rounds; "
               "speed-up = peer time / ringbus time, measured side by side in this run")

@@ -50,7 +50,11 @@ class Pusher(ZmqSocket):
     to a bound Pusher. A connecting Pusher queues up to ``hwm`` messages for a
     puller it has not reached yet (libzmq makes the queue at ``connect``).
     Nothing is dropped while peers stay connected; messages queued for a puller
-    that disconnects, or held by one that dies, are lost (at-most-once).
+    that disconnects, or held by one that dies, are lost (at-most-once). So is
+    the unread tail when a Pusher closes while its puller lags at the HWM:
+    libzmq discards what is still in the socket buffer of a peer that has gone
+    (measured: ~450 of 20,000 64-byte messages). Keep the Pusher open until the
+    consumer confirms, or use the broker, which acknowledges.
     """
 
     _socket_type = zmq.PUSH

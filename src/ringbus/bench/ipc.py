@@ -359,13 +359,7 @@ def transport_req_rep(n: int) -> list[float]:
     child = _in_child(echo)
     try:
         payload = bytes(64)
-        samples = []
-        requester.request(Message(payload), timeout=60)
-        for _ in repeat(None, n):
-            t = time.perf_counter()
-            requester.request(Message(payload), timeout=60)
-            samples.append(time.perf_counter() - t)
-        return samples
+        return _round_trips(n, lambda: requester.request(Message(payload), timeout=60))
     finally:
         drained.set()
         child.join()
@@ -474,6 +468,17 @@ def array_case(n: int) -> Case:
 
 # --- round trips ----------------------------------------------------------------------
 
+def _round_trips(n: int, round_trip: Callable[[], Any]) -> list[float]:
+    """One warm-up round trip, then the seconds of each of n more."""
+    round_trip()
+    samples = []
+    for _ in repeat(None, n):
+        t = time.perf_counter()
+        round_trip()
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
 def shm_ping_pong(n: int) -> list[float]:
     there, back = _channel_name(), _channel_name()
     out = ShmChannel.create(there, 1 << 16)
@@ -489,15 +494,7 @@ def shm_ping_pong(n: int) -> list[float]:
     child = _in_child(echo)
     try:
         payload = bytes(64)
-        samples = []
-        out.send(payload)
-        inp.recv(60)
-        for _ in repeat(None, n):
-            t = time.perf_counter()
-            out.send(payload)
-            inp.recv(60)
-            samples.append(time.perf_counter() - t)
-        return samples
+        return _round_trips(n, lambda: (out.send(payload), inp.recv(60)))
     finally:
         drained.set()
         child.join()
@@ -516,15 +513,7 @@ def pipe_ping_pong(n: int) -> list[float]:
     child = _in_child(echo)
     try:
         payload = bytes(64)
-        samples = []
-        a.send_bytes(payload)
-        a.recv_bytes()
-        for _ in repeat(None, n):
-            t = time.perf_counter()
-            a.send_bytes(payload)
-            a.recv_bytes()
-            samples.append(time.perf_counter() - t)
-        return samples
+        return _round_trips(n, lambda: (a.send_bytes(payload), a.recv_bytes()))
     finally:
         drained.set()
         child.join()
@@ -552,15 +541,7 @@ def zmq_req_rep(n: int) -> list[float]:
     child = _in_child(echo)
     try:
         payload = bytes(64)
-        samples = []
-        req.send(payload)
-        req.recv()
-        for _ in repeat(None, n):
-            t = time.perf_counter()
-            req.send(payload)
-            req.recv()
-            samples.append(time.perf_counter() - t)
-        return samples
+        return _round_trips(n, lambda: (req.send(payload), req.recv()))
     finally:
         drained.set()
         child.join()

@@ -42,10 +42,13 @@ static inline uint64_t rb_shm_record_size(uint64_t len)
 }
 
 /* Largest payload that always fits once the ring drains: half the area less
-   a length word, so a record and the gap it may skip at the wrap both fit. */
+   a length word, so a record and the gap it may skip at the wrap both fit;
+   and below 4 GiB, which the 32-bit length word can say. */
 static inline uint64_t rb_shm_max_message(const rb_shm *s)
 {
-    return s->capacity / 2 - RB_SHM_ALIGN;
+    uint64_t half = s->capacity / 2 - RB_SHM_ALIGN;
+    /* the length word is 32 bits, and its all-ones value is the wrap marker */
+    return half < UINT32_MAX - 15 ? half : UINT32_MAX - 15;
 }
 
 /* Bytes a mapping needs for a data area of capacity bytes. */
@@ -121,8 +124,9 @@ static inline size_t rb_shm_send_batch(rb_shm *s, const void *const *bufs, const
     return done;
 }
 
-/* Finds the oldest record without releasing it: 1 and payload and len set, or
-   0 when empty. Skips a wrap marker (that much it does release). Consumer only. */
+/* Finds the oldest record without releasing it: 1 and payload and len set,
+   0 when empty, -1 when the record is damaged. Skips a wrap marker (that much
+   it does release). Consumer only. */
 static inline int rb_shm_peek(rb_shm *s, const char **payload, uint64_t *len)
 {
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_relaxed);
@@ -135,10 +139,13 @@ static inline int rb_shm_peek(rb_shm *s, const char **payload, uint64_t *len)
     if (len32 == RB_SHM_WRAP) {
         tail += s->capacity - (tail & mask);
         atomic_store_explicit(&s->tail, tail, memory_order_release);
+        rb_event_notify(&s->not_full, 1);  /* the skipped gap is room for the producer */
         if (tail == head)
             return 0;
         memcpy(&len32, s->data + (tail & mask), 4);
     }
+    if (len32 > s->capacity - (tail & mask) - 4)
+        return -1;  /* a damaged record: it would run past the end of the ring */
     *payload = s->data + (tail & mask) + 4;
     *len = len32;
     return 1;
@@ -204,15 +211,25 @@ static inline int rb_shm_wait_readable(rb_shm *s, int64_t spin_ns, int64_t timeo
     return rb_event_wait(&s->not_empty, key, timeout_ns, 1);
 }
 
-/* Waits until the consumer may have freed room: spins, then sleeps as above.
-   Producer only. */
-static inline int rb_shm_wait_writable(rb_shm *s, int64_t spin_ns, int64_t timeout_ns)
+/* 1 when a record of len bytes (and the gap before it at the wrap) fits now. */
+static inline int rb_shm_fits(rb_shm *s, uint64_t len, uint64_t tail)
+{
+    uint64_t head = atomic_load_explicit(&s->head, memory_order_relaxed);
+    uint64_t need = rb_shm_record_size(len), pos = head & (s->capacity - 1);
+    uint64_t gap = (s->capacity - pos < need) ? s->capacity - pos : 0;
+    return s->capacity - (head - tail) >= gap + need;
+}
+
+/* Waits until a record of len bytes fits: spins, then sleeps as above. The
+   room is checked again after prepare, so space freed between a failed send
+   and this call is never slept through. Producer only. */
+static inline int rb_shm_wait_writable(rb_shm *s, uint64_t len, int64_t spin_ns, int64_t timeout_ns)
 {
     uint64_t tail = atomic_load_explicit(&s->tail, memory_order_acquire);
-    if (rb_spin_until_changed(&s->tail, tail, spin_ns))
+    if (rb_shm_fits(s, len, tail) || rb_spin_until_changed(&s->tail, tail, spin_ns))
         return 0;
     uint32_t key = rb_event_prepare(&s->not_full);
-    if (atomic_load_explicit(&s->tail, memory_order_seq_cst) != tail ||
+    if (rb_shm_fits(s, len, atomic_load_explicit(&s->tail, memory_order_seq_cst)) ||
         atomic_load_explicit(&s->receiver_closed, memory_order_seq_cst)) {
         rb_event_cancel(&s->not_full);
         return 0;

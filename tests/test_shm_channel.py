@@ -222,3 +222,52 @@ def test_without_the_extension_every_use_says_why() -> None:
     for call in (lambda: Missing.create("x", 4096), lambda: Missing.attach("x"), lambda: Missing()):
         with pytest.raises(Unsupported, match="native extension"):
             call()
+
+
+def test_a_recv_view_outliving_its_channel_stays_readable(name: str) -> None:
+    with ShmChannel.create(name, 4096) as tx:
+        rx = ShmChannel.attach(name)
+        tx.send(b"x" * 100)
+        view = rx.recv_view(timeout=1)
+        del rx  # the mapping must stay while the view lives
+        assert bytes(view[:4]) == b"xxxx"
+        view.release()
+
+
+def test_close_from_another_thread_wakes_a_blocked_recv_with_closed(name: str) -> None:
+    import threading
+    import time
+
+    with ShmChannel.create(name, 4096):
+        rx = ShmChannel.attach(name)
+        outcome: list[BaseException] = []
+
+        def receive() -> None:
+            try:
+                rx.recv(timeout=30)
+            except BaseException as exc:  # noqa: BLE001 - the test inspects it
+                outcome.append(exc)
+
+        waiter = threading.Thread(target=receive)
+        waiter.start()
+        time.sleep(0.2)  # let it block (if it has not, recv sees the close: Closed all the same)
+        rx.close()
+        waiter.join(30)
+        assert not waiter.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], Closed)
+
+
+def test_a_forked_child_closing_its_inherited_copy_leaves_the_parent_alone(name: str) -> None:
+    with ShmChannel.create(name, 4096) as tx, ShmChannel.attach(name) as rx:
+        tx.send(b"before")
+        pid = os.fork()
+        if pid == 0:  # the child: close the inherited objects, then leave at once
+            tx.close()
+            rx.close()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        assert status == 0
+        assert name in os.listdir("/dev/shm")
+        tx.send(b"after")
+        assert rx.recv(timeout=1) == b"before"
+        assert rx.recv(timeout=1) == b"after"

@@ -14,7 +14,10 @@ cdef class ShmChannel:
     cdef bint _received          # this side has received: close() marks the receiver side closed
     cdef uint64_t _lent          # length of the record lent by recv_view, released by the next recv
     cdef bint _lending           # a recv_view record awaits release
-    cdef int _pid                # our process id, cached at open (fork gives a new object state anyway)
+    cdef int _pid                # our process id when opened
+    cdef long _fork_generation   # forks seen by this process when opened: a forked child's copy is foreign
+    cdef int _inside             # threads of ours sleeping in _wait: close() leaves the unmap to the last
+    cdef bint _closing           # close() was called; the mapping goes once no thread is inside
     cdef public double spin      # seconds to spin before sleeping on the futex
 
     cdef int _pin_map(self) except -1
@@ -22,5 +25,6 @@ cdef class ShmChannel:
     cdef int _check_open(self) except -1
     cdef int _settle_lent(self) except -1
     cdef int _peer_alive(self, int pid) except -1
-    cdef int _wait(self, bint readable, int64_t deadline) except -1
+    cdef int _wait(self, bint readable, int64_t deadline, uint64_t length=*) except -1
+    cdef int _adopt_after_fork(self) except -1
     cdef object _recv_record(self, int64_t deadline, bint view)

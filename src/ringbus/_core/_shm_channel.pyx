@@ -5,7 +5,7 @@ cimport cython
 from cpython.buffer cimport PyBUF_ANY_CONTIGUOUS, PyBUF_SIMPLE, PyBuffer_Release, PyObject_GetBuffer
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport EINTR, ESRCH, errno
+from libc.errno cimport EINTR, ESRCH, ETIMEDOUT, errno
 from libc.stdint cimport int64_t, uint64_t
 from posix.signal cimport kill
 
@@ -21,15 +21,24 @@ import os
 
 from ringbus.errors import Closed, Empty, Full, PeerGone, RingbusError
 
-cdef extern from "Python.h":
-    object PyMemoryView_FromMemory(char *mem, Py_ssize_t size, int flags)
-    int PyBUF_READ
-
 cdef int64_t SLICE_NS = 100_000_000  # sleep in slices this long, to notice a peer that died
 cdef size_t BATCH = 64
 
 # Segments this process created and has not unlinked: removed at a normal exit.
 _created = {}
+
+# Bumped in every forked child: a ShmChannel object copied by fork belongs to
+# the parent (its pid, its role, its duty to unlink), so the child's copy must
+# neither unlink the name nor mark a side of the channel closed.
+cdef long _fork_generation = 0
+
+
+def _after_fork_in_child():
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _unlink_created():
@@ -82,6 +91,7 @@ cdef class ShmChannel:
         self._lending = False
         self.spin = 50e-6
         self._pid = os.getpid()
+        self._fork_generation = _fork_generation
 
     def __dealloc__(self):
         self._unmap()
@@ -165,8 +175,19 @@ cdef class ShmChannel:
         return 0
 
     cdef int _check_open(self) except -1:
-        if self._shm == NULL:
+        if self._closing or self._shm == NULL:
             raise Closed(f"ShmChannel {self._name!r} is closed")
+        if self._fork_generation != _fork_generation:
+            self._adopt_after_fork()
+        return 0
+
+    cdef int _adopt_after_fork(self) except -1:
+        """In a forked child: this copy starts afresh as an attacher of the parent's segment."""
+        self._fork_generation = _fork_generation
+        self._pid = os.getpid()
+        self._creator = self._sent = self._received = False
+        self._lending = False  # the parent's lent record is the parent's to release
+        self._inside = 0
         return 0
 
     cdef int _settle_lent(self) except -1:
@@ -182,10 +203,14 @@ cdef class ShmChannel:
             return 1
         return 0 if errno == ESRCH else 1
 
-    cdef int _wait(self, bint readable, int64_t deadline) except -1:
-        """Block until the ring may have changed: 1, or 0 when the deadline passed."""
+    cdef int _wait(self, bint readable, int64_t deadline, uint64_t length=0) except -1:
+        """Block until the ring may have changed: 1, or 0 when the deadline passed.
+
+        For a writer, length is the record it wants to send (it wakes when that fits).
+        """
         cdef int64_t slice_ns = SLICE_NS, left
-        cdef int64_t spin_ns = <int64_t>(self.spin * 1e9)
+        cdef double spin = self.spin
+        cdef int64_t spin_ns = <int64_t>(spin * 1e9) if 0 <= spin <= 1 else 0
         cdef int rc
         cdef rb_shm *s = self._shm
         if deadline >= 0:
@@ -194,25 +219,30 @@ cdef class ShmChannel:
                 return 0
             if left < slice_ns:
                 slice_ns = left
+        # While we sleep without the GIL another thread may close() this
+        # object: it then leaves the unmap to the last thread to come out.
+        self._inside += 1
         with nogil:
             if readable:
                 rc = rb_shm_wait_readable(s, spin_ns, slice_ns)
             else:
-                rc = rb_shm_wait_writable(s, spin_ns, slice_ns)
+                rc = rb_shm_wait_writable(s, length, spin_ns, slice_ns)
+        self._inside -= 1
+        if self._closing:
+            if self._inside == 0:
+                self._unmap()
+            raise Closed(f"ShmChannel {self._name!r} was closed while waiting")
         if rc == EINTR:
             PyErr_CheckSignals()
-        if self._shm == NULL:
-            raise Closed(f"ShmChannel {self._name!r} was closed while waiting")
-        if readable:
-            peer = s.sender_pid or s.creator_pid
+        if not readable and s.receiver_closed:
+            raise PeerGone(f"the receiver of ShmChannel {self._name!r} closed it")
+        if rc == ETIMEDOUT:
+            # Only a quiet slice asks whether the peer lives: a wake-up means
+            # data or room arrived, which must be taken before any verdict.
+            peer = (s.sender_pid or s.creator_pid) if readable else s.receiver_pid
             if not self._peer_alive(peer):
-                raise PeerGone(f"the sending process {peer} of ShmChannel {self._name!r} died")
-        else:
-            if s.receiver_closed:
-                raise PeerGone(f"the receiver of ShmChannel {self._name!r} closed it")
-            peer = s.receiver_pid
-            if not self._peer_alive(peer):
-                raise PeerGone(f"the receiving process {peer} of ShmChannel {self._name!r} died")
+                role = "sending" if readable else "receiving"
+                raise PeerGone(f"the {role} process {peer} of ShmChannel {self._name!r} died")
         return 1
 
     def send(self, data, timeout=None):
@@ -242,7 +272,7 @@ cdef class ShmChannel:
             while not rb_shm_send_batch(self._shm, &buf, &length, 1):
                 if deadline == -2:
                     deadline = deadline_ns(timeout)
-                if not self._wait(False, deadline):
+                if not self._wait(False, deadline, length):
                     raise Full(f"ShmChannel {self._name!r} is full: send() timed out")
         finally:
             PyBuffer_Release(&view)
@@ -291,7 +321,7 @@ cdef class ShmChannel:
                     if i < held:
                         if deadline == -2:
                             deadline = deadline_ns(timeout)
-                        if not self._wait(False, deadline):
+                        if not self._wait(False, deadline, lens[i]):
                             return total
                 for i in range(held):
                     PyBuffer_Release(&views[i])
@@ -310,18 +340,29 @@ cdef class ShmChannel:
         if not self._received:
             self._received = True
             self._shm.receiver_pid = self._pid
-        while not rb_shm_peek(self._shm, &payload, &length):
+        cdef int found
+        while True:
+            found = rb_shm_peek(self._shm, &payload, &length)
+            if found:
+                break
             if self._shm.sender_closed:
                 # re-check: the last record may have landed just before the close
-                if rb_shm_peek(self._shm, &payload, &length):
+                found = rb_shm_peek(self._shm, &payload, &length)
+                if found:
                     break
                 raise PeerGone(f"the sender of ShmChannel {self._name!r} closed it")
             if not self._wait(True, deadline):
                 raise Empty(f"ShmChannel {self._name!r} is empty: recv() timed out")
+        if found < 0:
+            raise RingbusError(f"ShmChannel {self._name!r} holds a damaged record (its length runs past the ring)")
         if view:
             self._lent = length
             self._lending = True
-            return PyMemoryView_FromMemory(<char *>payload, <Py_ssize_t>length, PyBUF_READ)
+            # A view of the mmap object itself: it keeps the mapping alive (mmap
+            # refuses to close while exported), so a view that outlives the
+            # channel reads stale bytes, never unmapped memory.
+            offset = <Py_ssize_t>(payload - <const char *>self._pin.buf)
+            return memoryview(self._map)[offset:offset + <Py_ssize_t>length].toreadonly()
         out = PyBytes_FromStringAndSize(payload, <Py_ssize_t>length)
         rb_shm_release(self._shm, length)
         return out
@@ -350,7 +391,7 @@ cdef class ShmChannel:
         if want < 1:
             raise ValueError(f"max_messages must be >= 1, got {max_messages}")
         out = [self._recv_record(deadline_ns(timeout), False)]
-        while len(out) < want and rb_shm_peek(self._shm, &payload, &length):
+        while len(out) < want and rb_shm_peek(self._shm, &payload, &length) > 0:
             out.append(PyBytes_FromStringAndSize(payload, <Py_ssize_t>length))
             rb_shm_release(self._shm, length)
         return out
@@ -361,20 +402,29 @@ cdef class ShmChannel:
             try:
                 yield self.recv()
             except PeerGone:
-                if self._shm != NULL and self._shm.sender_closed:
+                if not self._closing and self._shm != NULL and self._shm.sender_closed:
                     return
                 raise
 
     def close(self):
-        """Mark this side closed (waking the peer), unmap, and unlink the name if we created it."""
-        if self._shm == NULL:
+        """Mark this side closed (waking the peer), unmap, and unlink the name if we created it.
+
+        A thread of ours blocked in send/recv on this object wakes with Closed;
+        the mapping goes when the last such thread has left it. In a forked
+        child, closing an inherited copy only drops the child's mapping.
+        """
+        if self._closing or self._shm == NULL:
             return
+        if self._fork_generation != _fork_generation:
+            self._adopt_after_fork()
         self._settle_lent()
+        self._closing = True
         if self._sent:
             rb_shm_close_side(self._shm, 1)
         if self._received:
             rb_shm_close_side(self._shm, 0)
-        self._unmap()
+        if not self._inside:  # else the last of our sleepers (woken above) unmaps
+            self._unmap()
         if self._creator:
             _unlink(self._name)
 
@@ -396,7 +446,7 @@ cdef class ShmChannel:
     @property
     def closed(self):
         """True once this object was closed."""
-        return self._shm == NULL
+        return self._closing or self._shm == NULL
 
     @property
     def capacity(self):

@@ -19,5 +19,5 @@ cdef extern from "rb_shm.h" nogil:
     void rb_shm_release(rb_shm *s, uint64_t length)
     uint64_t rb_shm_used(rb_shm *s)
     int rb_shm_wait_readable(rb_shm *s, int64_t spin_ns, int64_t timeout_ns)
-    int rb_shm_wait_writable(rb_shm *s, int64_t spin_ns, int64_t timeout_ns)
+    int rb_shm_wait_writable(rb_shm *s, uint64_t length, int64_t spin_ns, int64_t timeout_ns)
     void rb_shm_close_side(rb_shm *s, int sender)

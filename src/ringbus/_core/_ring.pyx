@@ -9,7 +9,7 @@ from libc.stdint cimport int64_t, uint32_t
 
 from ringbus._core._refs cimport take_reference
 from ringbus._core._waiting cimport checked_count, deadline_ns, sleep_until
-from ringbus._core.rb_ring cimport rb_ring_free, rb_ring_init, rb_ring_size, rb_ring_pop_locked, rb_ring_push_locked, rb_ring_try_pop, rb_ring_try_pop_many, rb_ring_try_push_many
+from ringbus._core.rb_ring cimport rb_ring_free, rb_ring_init, rb_ring_size, rb_ring_pop_locked, rb_ring_push_locked, rb_ring_try_pop_many, rb_ring_try_push_many
 from ringbus._core.rb_wait cimport rb_event_cancel, rb_event_init, rb_event_notify_locked, rb_event_prepare, rb_event_waiters
 
 from itertools import islice

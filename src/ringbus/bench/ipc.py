@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-import sys
 import time
-import traceback
 import uuid
+from contextlib import contextmanager
 from itertools import repeat
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import zmq
@@ -18,7 +17,7 @@ from ringbus._core._shm_channel import ShmChannel
 from ringbus.bench._harness import Case, timed
 from ringbus.errors import Empty
 from ringbus.message import Message
-from ringbus.transport import Publisher, Puller, Pusher, Replier, Requester
+from ringbus.transport import Puller, Pusher, Replier, Requester
 
 try:
     import faster_fifo
@@ -50,6 +49,18 @@ class _Drained:
 
     def set(self) -> None:
         self.event.set()
+
+
+@contextmanager
+def _running(body: Callable[[], None], drained: _Drained | None = None) -> Iterator[None]:
+    """Run body in a forked child for the duration of the block; join it after."""
+    child = _in_child(body)
+    try:
+        yield
+    finally:
+        if drained is not None:
+            drained.set()
+        child.join()
 
 
 def _channel_name() -> str:
@@ -99,13 +110,10 @@ def shm_single(size: int) -> Callable[[int], float]:
                 send(payload)
             tx.close()
 
-        drained = _Drained()
-        child = _in_child(produce)
         try:
-            return _receive_timed(n, lambda: rx.recv(60))
+            with _running(produce):
+                return _receive_timed(n, lambda: rx.recv(60))
         finally:
-            drained.set()
-            child.join()
             rx.close()
 
     return run
@@ -123,17 +131,14 @@ def shm_batch(size: int) -> Callable[[int], float]:
                 tx.send_many(batch)
             tx.close()
 
-        drained = _Drained()
-        child = _in_child(produce)
         try:
-            got = len(rx.recv_many(BATCH, 60))
-            start = time.perf_counter()
-            while got < n // BATCH * BATCH:
-                got += len(rx.recv_many(BATCH, 60))
-            return time.perf_counter() - start
+            with _running(produce):
+                got = len(rx.recv_many(BATCH, 60))
+                start = time.perf_counter()
+                while got < n // BATCH * BATCH:
+                    got += len(rx.recv_many(BATCH, 60))
+                return time.perf_counter() - start
         finally:
-            drained.set()
-            child.join()
             rx.close()
 
     return run
@@ -150,13 +155,8 @@ def mp_queue(size: int) -> Callable[[int], float]:
             q.close()
             q.join_thread()
 
-        drained = _Drained()
-        child = _in_child(produce)
-        try:
+        with _running(produce):
             return _receive_timed(n, lambda: q.get(timeout=60))
-        finally:
-            drained.set()
-            child.join()
 
     return run
 
@@ -170,13 +170,8 @@ def mp_pipe(size: int) -> Callable[[int], float]:
             for _ in repeat(None, n):
                 tx.send_bytes(payload)
 
-        drained = _Drained()
-        child = _in_child(produce)
-        try:
+        with _running(produce):
             return _receive_timed(n, rx.recv_bytes)
-        finally:
-            drained.set()
-            child.join()
 
     return run
 
@@ -190,13 +185,8 @@ def ff_single(size: int) -> Callable[[int], float]:
             for _ in repeat(None, n):
                 q.put(payload, timeout=60)
 
-        drained = _Drained()
-        child = _in_child(produce)
-        try:
+        with _running(produce):
             return _receive_timed(n, lambda: q.get(timeout=60))
-        finally:
-            drained.set()
-            child.join()
 
     return run
 
@@ -210,17 +200,12 @@ def ff_batch(size: int) -> Callable[[int], float]:
             for _ in repeat(None, n // BATCH):
                 q.put_many(batch, timeout=60)
 
-        drained = _Drained()
-        child = _in_child(produce)
-        try:
+        with _running(produce):
             got = len(q.get_many(timeout=60, max_messages_to_get=BATCH))
             start = time.perf_counter()
             while got < n // BATCH * BATCH:
                 got += len(q.get_many(timeout=60, max_messages_to_get=BATCH))
             return time.perf_counter() - start
-        finally:
-            drained.set()
-            child.join()
 
     return run
 
@@ -248,12 +233,10 @@ def zmq_push_pull(size: int, copy: bool = True) -> Callable[[int], float]:
             cctx.term()
 
         drained = _Drained()
-        child = _in_child(produce)
         try:
-            return _receive_timed(n, lambda: pull.recv(copy=copy), "pyzmq PUSH/PULL")
+            with _running(produce, drained):
+                return _receive_timed(n, lambda: pull.recv(copy=copy), "pyzmq PUSH/PULL")
         finally:
-            drained.set()
-            child.join()
             pull.close()
             ctx.term()
 
@@ -284,19 +267,17 @@ def transport_push_pull(size: int, batch: int = 1) -> Callable[[int], float]:
             cctx.term()
 
         drained = _Drained()
-        child = _in_child(produce)
         try:
-            if batch > 1:
-                got = len(puller.recv_many(batch, timeout=60))
-                start = time.perf_counter()
-                while got < n // batch * batch:
-                    got += len(puller.recv_many(batch, timeout=60))
-                return time.perf_counter() - start
-            recv = puller.recv
-            return _receive_timed(n, lambda: recv(60), "ringbus Puller")
+            with _running(produce, drained):
+                if batch > 1:
+                    got = len(puller.recv_many(batch, timeout=60))
+                    start = time.perf_counter()
+                    while got < n // batch * batch:
+                        got += len(puller.recv_many(batch, timeout=60))
+                    return time.perf_counter() - start
+                recv = puller.recv
+                return _receive_timed(n, lambda: recv(60), "ringbus Puller")
         finally:
-            drained.set()
-            child.join()
             puller.close()
             ctx.term()
 
@@ -331,12 +312,10 @@ def transport_array(n: int) -> float:
         cctx.term()
 
     drained = _Drained()
-    child = _in_child(produce)
     try:
-        return _receive_timed(n, lambda: puller.recv(60).value()[-1])
+        with _running(produce, drained):
+            return _receive_timed(n, lambda: puller.recv(60).value()[-1])
     finally:
-        drained.set()
-        child.join()
         puller.close()
         ctx.term()
 
@@ -355,14 +334,11 @@ def transport_req_rep(n: int) -> list[float]:
         replier.close()
         cctx.term()
 
-    drained = _Drained()
-    child = _in_child(echo)
     try:
-        payload = bytes(64)
-        return _round_trips(n, lambda: requester.request(Message(payload), timeout=60))
+        with _running(echo):
+            payload = bytes(64)
+            return _round_trips(n, lambda: requester.request(Message(payload), timeout=60))
     finally:
-        drained.set()
-        child.join()
         requester.close()
         ctx.term()
 
@@ -413,13 +389,10 @@ def shm_array(n: int) -> float:
             tx.send(arr)
         tx.close()
 
-    drained = _Drained()
-    child = _in_child(produce)
     try:
-        return _receive_timed(n, lambda: np.frombuffer(rx.recv_view(60), np.float64)[-1])
+        with _running(produce):
+            return _receive_timed(n, lambda: np.frombuffer(rx.recv_view(60), np.float64)[-1])
     finally:
-        drained.set()
-        child.join()
         rx.close()
 
 
@@ -444,12 +417,10 @@ def zmq_array(n: int) -> float:
         cctx.term()
 
     drained = _Drained()
-    child = _in_child(produce)
     try:
-        return _receive_timed(n, lambda: np.frombuffer(pull.recv(copy=False).buffer, np.float64)[-1])
+        with _running(produce, drained):
+            return _receive_timed(n, lambda: np.frombuffer(pull.recv(copy=False).buffer, np.float64)[-1])
     finally:
-        drained.set()
-        child.join()
         pull.close()
         ctx.term()
 
@@ -490,14 +461,11 @@ def shm_ping_pong(n: int) -> list[float]:
             tx.send(rx.recv_view())
         tx.close()
 
-    drained = _Drained()
-    child = _in_child(echo)
     try:
-        payload = bytes(64)
-        return _round_trips(n, lambda: (out.send(payload), inp.recv(60)))
+        with _running(echo):
+            payload = bytes(64)
+            return _round_trips(n, lambda: (out.send(payload), inp.recv(60)))
     finally:
-        drained.set()
-        child.join()
         out.close()
         inp.close()
 
@@ -509,14 +477,9 @@ def pipe_ping_pong(n: int) -> list[float]:
         for _ in repeat(None, n + 1):
             b.send_bytes(b.recv_bytes())
 
-    drained = _Drained()
-    child = _in_child(echo)
-    try:
+    with _running(echo):
         payload = bytes(64)
         return _round_trips(n, lambda: (a.send_bytes(payload), a.recv_bytes()))
-    finally:
-        drained.set()
-        child.join()
 
 
 def zmq_req_rep(n: int) -> list[float]:
@@ -537,14 +500,11 @@ def zmq_req_rep(n: int) -> list[float]:
         rep.close()
         cctx.term()
 
-    drained = _Drained()
-    child = _in_child(echo)
     try:
-        payload = bytes(64)
-        return _round_trips(n, lambda: (req.send(payload), req.recv()))
+        with _running(echo):
+            payload = bytes(64)
+            return _round_trips(n, lambda: (req.send(payload), req.recv()))
     finally:
-        drained.set()
-        child.join()
         req.close()
         ctx.term()
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Iterable
 
 import zmq
 
@@ -10,10 +10,6 @@ from ringbus.codec import encode
 from ringbus.errors import Empty, Full, ProtocolError
 from ringbus.message import Message
 from ringbus.transport._zmq_socket import (
-    DEFAULT_COPY_THRESHOLD,
-    DEFAULT_HWM,
-    DEFAULT_LINGER,
-    DEFAULT_MAX_MESSAGE_SIZE,
     NO_WAIT,
     Receiver,
     ZmqSocket,
@@ -22,8 +18,6 @@ from ringbus.transport._zmq_socket import (
     common_doc,
 )
 
-if TYPE_CHECKING:
-    from ringbus.transport.curve import CurveClient, CurveServer
 
 __all__ = ["Pusher", "Puller"]
 
@@ -58,21 +52,6 @@ class Pusher(ZmqSocket):
     """
 
     _socket_type = zmq.PUSH
-
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        bind: bool,
-        hwm: int = DEFAULT_HWM,
-        linger: float = DEFAULT_LINGER,
-        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
-        copy_threshold: int = DEFAULT_COPY_THRESHOLD,
-        context: zmq.Context[Any] | None = None,
-        curve: CurveServer | CurveClient | None = None,
-    ) -> None:
-        super().__init__(endpoint, bind=bind, hwm=hwm, linger=linger, max_message_size=max_message_size,
-                         copy_threshold=copy_threshold, context=context, curve=curve)
 
     def send(self, message: Message, timeout: float | None = None) -> None:
         """Send one message, waiting up to ``timeout`` seconds for room.
@@ -159,21 +138,6 @@ class Puller(Receiver):
     """
 
     _socket_type = zmq.PULL
-
-    def __init__(
-        self,
-        endpoint: str,
-        *,
-        bind: bool,
-        hwm: int = DEFAULT_HWM,
-        linger: float = DEFAULT_LINGER,
-        max_message_size: int | None = DEFAULT_MAX_MESSAGE_SIZE,
-        copy_threshold: int = DEFAULT_COPY_THRESHOLD,
-        context: zmq.Context[Any] | None = None,
-        curve: CurveServer | CurveClient | None = None,
-    ) -> None:
-        super().__init__(endpoint, bind=bind, hwm=hwm, linger=linger, max_message_size=max_message_size,
-                         copy_threshold=copy_threshold, context=context, curve=curve)
 
     def recv(self, timeout: float | None = None) -> Message:
         """Receive one message.

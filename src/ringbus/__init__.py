@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ringbus._core import IMPLEMENTATION, ArrayRing, PriorityQueue, QueueStatistics, Ring, ShmChannel
-from ringbus.errors import Closed, Empty, Full, PeerGone, ProtocolError, RingbusError, Unsupported
+from ringbus.errors import Closed, Empty, Full, NotFound, PeerGone, ProtocolError, RingbusError, Unsupported
 from ringbus.message import HeaderValue, Message, SettleHandle, new_id
 from ringbus import codec  # noqa: E402  (encode/decode/dumps/loads stay namespaced)
 from ringbus.transport import (
@@ -58,4 +58,5 @@ __all__ = [
     "PeerGone",
     "ProtocolError",
     "Unsupported",
+    "NotFound",
 ]

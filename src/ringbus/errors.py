@@ -12,6 +12,7 @@ __all__ = [
     "PeerGone",
     "ProtocolError",
     "Unsupported",
+    "NotFound",
 ]
 
 
@@ -41,3 +42,7 @@ class ProtocolError(RingbusError, ValueError):
 
 class Unsupported(RingbusError, NotImplementedError):
     """The backend cannot give this feature; the message says which and why."""
+
+
+class NotFound(RingbusError, LookupError):
+    """A queue, topic subscription or service the call names does not exist."""

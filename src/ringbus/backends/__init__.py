@@ -1,0 +1,1 @@
+"""One module per engine behind the Bus contract (ringbus.bus)."""

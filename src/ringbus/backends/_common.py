@@ -1,0 +1,83 @@
+"""Argument checks and message building that every backend shares, so that they all fail the same way."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ringbus.bus import check_name, topic_matcher
+from ringbus.message import HeaderValue, Message
+
+__all__ = ["as_message", "check_prefetch", "check_subscription", "reply_message", "ServiceError"]
+
+_BYTES_LIKE = (bytes, bytearray, memoryview)
+_replace = msgspec.structs.replace
+
+
+def as_message(body: object, *, key: str | None = None, priority: int | None = None,
+               headers: dict[str, HeaderValue] | None = None) -> Message:
+    """A Message from a bytes-like body or a Message; keyword fields given override the message's."""
+    if key is not None and not isinstance(key, str):
+        raise TypeError(f"key must be a str or None, not {type(key).__name__}")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise TypeError(f"priority must be an int, not {type(priority).__name__}")
+    if headers is not None and not isinstance(headers, dict):
+        raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
+    if isinstance(body, Message):
+        changes: dict[str, Any] = {}
+        if key is not None:
+            changes["key"] = key
+        if priority is not None:
+            changes["priority"] = priority
+        if headers is not None:
+            changes["headers"] = {**body.headers, **headers}
+        message = _replace(body, **changes) if changes else body
+        message._settle = None
+        return message
+    if not isinstance(body, _BYTES_LIKE):
+        raise TypeError(f"message body must be bytes, bytearray, memoryview or a ringbus.Message, not "
+                        f"{type(body).__name__}; use ringbus.Message.of(value) to serialize other values")
+    return Message(body, key=key, priority=0 if priority is None else priority,
+                   headers={} if headers is None else headers)
+
+
+def check_prefetch(prefetch: object) -> int:
+    if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+        raise ValueError(f"prefetch must be an int >= 1, got {prefetch!r}")
+    return prefetch
+
+
+def check_subscription(pattern: str, group: str | None, durable: bool, start: str) -> None:
+    topic_matcher(pattern)
+    if group is not None:
+        check_name("subscription group", group)
+    if start not in ("latest", "earliest"):
+        raise ValueError(f"start must be 'latest' or 'earliest', got {start!r}")
+    if durable and group is None:
+        raise ValueError("a durable subscription needs a group name (subscribe(pattern, group='billing', "
+                         "durable=True)): the group is what remembers where its members left off")
+    if start == "earliest" and not durable:
+        raise ValueError("start='earliest' replays retained messages into a durable group; an ephemeral "
+                         "subscription only sees what is published while it exists")
+
+
+class ServiceError:
+    """A handler's exception on its way back to the caller."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def reply_message(request: Message, result: object) -> Message:
+    """The reply to ``request`` from what a handler returned (bytes-like or a Message)."""
+    if isinstance(result, Message):
+        reply = result if result.correlation_id is not None else _replace(result, correlation_id=request.id)
+        reply._settle = None
+        return reply
+    if isinstance(result, _BYTES_LIKE):
+        return Message(result, correlation_id=request.id)
+    raise TypeError(f"a service handler must return bytes, bytearray, memoryview or a ringbus.Message, not "
+                    f"{type(result).__name__}")

@@ -1,0 +1,1 @@
+"""The Bus contract suite: every backend in conftest.BACKENDS must pass every test here."""

@@ -1,0 +1,116 @@
+"""Fixtures of the contract suite: one ``bus`` per test, parametrized over every backend in ``BACKENDS``.
+
+Adding a backend: write a factory ``def name_backend(tmp_path_factory) -> ContextManager[str]`` that starts what
+the backend needs and yields a url for ``ringbus.bus.connect``, and register it in ``BACKENDS``. A ``shared``
+backend is started once for the whole session (a broker is slow to start); tests on it stay apart because each
+test uses fresh uuid-suffixed queue, topic, group and service names (the ``names`` fixture). A backend that is
+not shared is started again for every test.
+"""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, ContextManager, Iterator
+
+import pytest
+
+from ringbus.bus import Bus, connect
+
+from .support import Names, unsupported
+
+# A test of this suite that has not finished by then is hung, not slow.
+CONTRACT_TIMEOUT = 90
+
+
+@dataclass(frozen=True)
+class Backend:
+    start: Callable[[pytest.TempPathFactory], ContextManager[str]]
+    shared: bool  # True: one start for the session; False: one start per test
+
+
+@contextmanager
+def memory_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A memory:// name of its own: connections to the same name share queues, other names are isolated."""
+    yield f"memory://contract-{uuid.uuid4().hex}"
+
+
+BACKENDS: dict[str, Backend] = {
+    "memory": Backend(memory_backend, shared=False),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        if here in item.path.parents and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(CONTRACT_TIMEOUT))
+
+
+@pytest.fixture(scope="session")
+def _shared_backends(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[str], str]]:
+    """Starts each shared backend on first use and stops them all when the session ends."""
+    with ExitStack() as stack:
+        urls: dict[str, str] = {}
+
+        def url_of(name: str) -> str:
+            if name not in urls:
+                urls[name] = stack.enter_context(BACKENDS[name].start(tmp_path_factory))
+            return urls[name]
+
+        yield url_of
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def url(request: pytest.FixtureRequest, _shared_backends: Callable[[str], str],
+        tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The url of one backend (the test runs once per backend, with its name as id)."""
+    backend = BACKENDS[request.param]
+    if backend.shared:
+        yield _shared_backends(request.param)
+    else:
+        with backend.start(tmp_path_factory) as fresh:
+            yield fresh
+
+
+@pytest.fixture
+def bus(url: str) -> Iterator[Bus]:
+    """A connection for the test's main thread; closed after the test."""
+    with connect(url) as connection:
+        yield connection
+
+
+@pytest.fixture
+def second_bus(url: str) -> Iterator[Bus]:
+    """Another connection to the same backend as ``bus`` (same queues, topics and services)."""
+    with connect(url) as connection:
+        yield connection
+
+
+@pytest.fixture
+def names() -> Names:
+    """Fresh names for this test: ``names.queue()``, ``names.topic("order", "placed")``, ``names.group()``..."""
+    return Names()
+
+
+@pytest.fixture
+def queue(bus: Bus, names: Names) -> Callable[..., str | None]:
+    """``queue(**options)`` declares a fresh queue on ``bus`` and returns its name.
+
+    ``queue(needs="ordered_by_key", ordered_by_key=True)``: when ``bus`` declares that feature unsupported, checks
+    that the declaration raises ringbus.Unsupported and returns None (the test then returns). A backend without
+    queues at all must refuse every declaration; the test is then skipped, saying so.
+    """
+
+    def declare(needs: str | None = None, **options: object) -> str | None:
+        name = names.queue()
+        if unsupported(bus, "queues", lambda: bus.declare_queue(name, **options)):
+            pytest.skip("the backend declares no queues (declare_queue raised Unsupported, as it must)")
+        if needs is not None and unsupported(bus, needs, lambda: bus.declare_queue(name, **options)):
+            return None
+        bus.declare_queue(name, **options)
+        return name
+
+    return declare

@@ -90,6 +90,21 @@ def topic_matcher(pattern: str) -> Callable[[str], bool]:
     return lambda topic: bool(regex.match(topic))
 
 
+_HEADER_VALUE_TYPES = (str, int, float, bool, type(None))
+
+
+def check_headers(headers: object) -> dict[str, HeaderValue]:
+    """Return ``headers`` if it is a dict of str to str, int, float, bool or None; else raise TypeError naming it."""
+    if not isinstance(headers, dict):
+        raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, got {name!r}")
+        if not isinstance(value, _HEADER_VALUE_TYPES):
+            raise TypeError(f"header {name!r} must be a str, int, float, bool or None, not {type(value).__name__}")
+    return headers
+
+
 def check_seconds(name: str, value: float | None, *, allow_zero: bool = True) -> float | None:
     """Return ``value`` as a float if it is None or finite and non-negative (or positive), else raise ValueError."""
     if value is None:

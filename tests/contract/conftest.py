@@ -37,8 +37,29 @@ def memory_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"memory://contract-{uuid.uuid4().hex}"
 
 
+@contextmanager
+def broker_tcp_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded broker in a thread of this process, on a free loopback port, its log in a fresh directory."""
+    from ringbus.broker.server import Broker
+
+    with Broker(tmp_path_factory.mktemp("broker-tcp"), "tcp://127.0.0.1:0") as broker:
+        yield broker.endpoint
+
+
+@contextmanager
+def broker_ipc_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded broker on a unix socket (ipc://)."""
+    from ringbus.broker.server import Broker
+
+    data = tmp_path_factory.mktemp("broker-ipc")
+    with Broker(data, f"ipc://{data}/broker.sock") as broker:
+        yield broker.endpoint
+
+
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(memory_backend, shared=False),
+    "broker-tcp": Backend(broker_tcp_backend, shared=True),
+    "broker-ipc": Backend(broker_ipc_backend, shared=True),
 }
 
 

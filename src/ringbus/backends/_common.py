@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from ringbus.bus import check_name, topic_matcher
+from ringbus.bus import check_headers, check_name, topic_matcher
 from ringbus.message import HeaderValue, Message
 
 __all__ = ["as_message", "check_prefetch", "check_subscription", "reply_message", "ServiceError"]
@@ -22,8 +22,8 @@ def as_message(body: object, *, key: str | None = None, priority: int | None = N
         raise TypeError(f"key must be a str or None, not {type(key).__name__}")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
         raise TypeError(f"priority must be an int, not {type(priority).__name__}")
-    if headers is not None and not isinstance(headers, dict):
-        raise TypeError(f"headers must be a dict, not {type(headers).__name__}")
+    if headers is not None:
+        check_headers(headers)
     if isinstance(body, Message):
         changes: dict[str, Any] = {}
         if key is not None:
@@ -33,6 +33,7 @@ def as_message(body: object, *, key: str | None = None, priority: int | None = N
         if headers is not None:
             changes["headers"] = {**body.headers, **headers}
         message = _replace(body, **changes) if changes else body
+        check_headers(message.headers)
         message._settle = None
         return message
     if not isinstance(body, _BYTES_LIKE):

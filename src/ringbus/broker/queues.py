@@ -259,10 +259,10 @@ class QueueBook:
             return queue, False
         queue = self.queues[name] = Queue(name, options, binding=binding)
         dlq_name = options.dead_letter_queue(name)
-        if not name.endswith(".dlq") or options.dead_letter:
-            if dlq_name not in self.queues and dlq_name != name:
-                self.queues[dlq_name] = Queue(dlq_name, QueueOptions(durable=options.durable, dead_letter=dlq_name),
-                                              implicit=True)
+        if dlq_name not in self.queues and dlq_name != name:
+            # Declared on the side; its own dead letters have nowhere to go (dropped and counted), so
+            # dead-letter queues do not chain.
+            self.queues[dlq_name] = Queue(dlq_name, QueueOptions(durable=options.durable), implicit=True)
         return queue, True
 
     def get(self, name: str) -> Queue:
@@ -391,6 +391,17 @@ class QueueBook:
         queue, entry = self._settling(name, tag, "reject")
         self._dead_letter(queue, entry, "rejected", self._clock())
 
+    def unfetch(self, name: str, tag: int) -> None:
+        """Give back a delivery its consumer never looked at (prefetched, then the consumer stopped).
+
+        Unlike a nack it does not count as an attempt.
+        """
+        queue, entry = self._settling(name, tag, "release")
+        entry.deliveries -= 1
+        if entry.deliveries:
+            queue.redelivered -= 1
+        self._return(queue, entry, self._clock(), None)
+
     def extend(self, holder: Hashable, now: float | None = None) -> None:
         """Heartbeat from ``holder``: nothing to do here - leases run their visibility timeout (SQS semantics)."""
 
@@ -437,7 +448,7 @@ class QueueBook:
             self._journal.removed(queue, entry)
         if queue.options.ordered_by_key:
             self._wake(queue)
-        target = self.queues.get(queue.options.dead_letter_queue(queue.name))
+        target = None if queue.implicit else self.queues.get(queue.options.dead_letter_queue(queue.name))
         if target is None or target is queue:
             self.dropped_dead_letters += 1
             return

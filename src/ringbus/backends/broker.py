@@ -1,0 +1,508 @@
+"""``tcp://`` and ``ipc://``: the Bus as a client of the embedded broker (``ringbus broker``).
+
+One DEALER socket carries commands and their replies (matched by request
+id; a late reply to a request given up on is dropped) and the events of
+ephemeral subscriptions. A consumer also runs a heartbeat thread with a
+socket of its own, so the broker can tell a slow consumer (heart still
+beating: its messages wait for their visibility timeout) from a dead one
+(silent for ``liveness`` beats: its messages are delivered again at once).
+Request-reply speaks Majordomo (RFC 7) to the same endpoint.
+
+Like every ZeroMQ socket, a BrokerBus belongs to the thread that made it;
+messages it delivered may be settled from any thread (the settle is handed
+to the owner, which sends it at its next call or within ``SETTLE_FLUSH``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import struct
+import threading
+import time
+from collections import deque
+from typing import Any, Iterator
+
+import zmq
+
+from ringbus.backends._common import as_message, check_prefetch, check_subscription, reply_message
+from ringbus.broker.mdp_client import MajordomoClient, MajordomoWorker, ServiceError
+from ringbus.broker.protocol import ERR, EVENT, OK, SIGNATURE, Command, pack, raise_error, unpack
+from ringbus.bus import Bus, Handler, Overflow, QueueOptions, QueueStats, Start, Subscription, check_name, check_seconds
+from ringbus.codec import decode, encode
+from ringbus.errors import Closed, Empty, PeerGone, RingbusError
+from ringbus.message import HeaderValue, Message, new_id
+
+__all__ = ["BrokerBus"]
+
+log = logging.getLogger("ringbus.backends.broker")
+
+SLICE = 0.1  # seconds a wait sleeps before it looks at settles from other threads and at close()
+SUBSCRIBER_BUFFER = 10_000
+_rid = struct.Struct(">Q").pack
+
+
+class _Settle:
+    __slots__ = ("bus", "queue", "tag", "done", "consumer")
+
+    def __init__(self, bus: BrokerBus, queue: str, tag: int, consumer: _Consumer | None) -> None:
+        self.bus = bus
+        self.queue = queue
+        self.tag = tag
+        self.done = False
+        self.consumer = consumer
+
+    def _settle(self, command: bytes, args: dict[str, Any]) -> None:
+        if self.done:
+            raise RingbusError(f"cannot settle delivery {self.tag} of queue {self.queue!r} again: already settled")
+        bus = self.bus
+        if bus._closed:
+            raise Closed(f"cannot settle a message of queue {self.queue!r}: its bus {bus.url!r} is closed "
+                         "(the broker delivers it again)")
+        self.done = True
+        if self.consumer is not None:
+            self.consumer.outstanding -= 1
+        args["queue"] = self.queue
+        if threading.get_ident() == bus._owner:
+            bus._notify(command, args)
+        else:
+            bus._foreign_settles.append((command, args))
+
+    def ack(self, message: Message) -> None:
+        self._settle(Command.ACK, {"tags": [self.tag]})
+
+    def nack(self, message: Message, requeue: bool, delay: float | None) -> None:
+        self._settle(Command.NACK, {"tags": [self.tag], "requeue": requeue, "delay": delay})
+
+    def reject(self, message: Message) -> None:
+        self._settle(Command.REJECT, {"tags": [self.tag]})
+
+
+class _Consumer:
+    __slots__ = ("outstanding",)
+
+    def __init__(self) -> None:
+        self.outstanding = 0
+
+
+class _NoSettle:
+    def ack(self, message: Message) -> None:
+        pass
+
+    def nack(self, message: Message, requeue: bool, delay: float | None) -> None:
+        pass
+
+    def reject(self, message: Message) -> None:
+        pass
+
+
+_NO_SETTLE = _NoSettle()
+
+
+class _BrokerSubscription(Subscription):
+    def __init__(self, bus: BrokerBus, pattern: str, group: str | None, durable: bool, start: Start) -> None:
+        self.pattern = pattern
+        self.group = group
+        self.durable = durable
+        self._bus = bus
+        self._closed = False
+        self._dropped = 0
+        self._buffer: deque[Message] = deque()
+        if durable:
+            payload, _ = bus._call(Command.GROUP, {"pattern": pattern, "group": group, "start": start})
+            self._queue = payload["queue"]
+            self._token = b""
+        else:
+            bus._start_heartbeat()
+            payload, _ = bus._call(Command.SUBSCRIBE, {"pattern": pattern, "group": group, "session": bus._session})
+            self._token = payload["token"]
+            bus._subscriptions[self._token] = self
+
+    def _event(self, message: Message) -> None:
+        if len(self._buffer) >= SUBSCRIBER_BUFFER:
+            self._dropped += 1
+            return
+        message._settle = _NO_SETTLE
+        self._buffer.append(message)
+
+    def receive(self, timeout: float | None = None) -> Message | None:
+        if self._closed:
+            raise Closed("subscription is closed")
+        if self.durable:
+            return self._bus.receive(self._queue, timeout)
+        timeout = check_seconds("timeout", timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._buffer:
+            left = SLICE if deadline is None else min(SLICE, deadline - time.monotonic())
+            if left <= 0.0:
+                return None
+            self._bus._pump(left)
+            if self._closed:
+                raise Closed("subscription is closed")
+        return self._buffer.popleft()
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        bus = self._bus
+        if not self.durable:
+            bus._subscriptions.pop(self._token, None)
+            if not bus._closed:
+                bus._call(Command.UNSUBSCRIBE, {"token": self._token})
+
+
+class _Heartbeat(threading.Thread):
+    """Beats for a session from a socket of its own, so a busy consumer is not taken for dead."""
+
+    def __init__(self, context: zmq.Context[Any], endpoint: str, session: str, interval: float) -> None:
+        super().__init__(name=f"ringbus-heartbeat-{session[:8]}", daemon=True)
+        self._context = context
+        self._endpoint = endpoint
+        self._frames = [SIGNATURE, Command.HEARTBEAT, b"", pack({"session": session})]
+        self._interval = interval
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        socket = self._context.socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.SNDHWM, 10)
+        socket.connect(self._endpoint)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    socket.send_multipart(self._frames, zmq.NOBLOCK)
+                except zmq.Again:  # broker unreachable: beats are not worth queueing
+                    pass
+                self.stopping.wait(self._interval)
+        finally:
+            socket.close(0)
+
+
+class BrokerBus(Bus):
+    """A Bus on the embedded broker at ``tcp://host:port`` or ``ipc:///path``; see the module docstring.
+
+    Parameters
+    ----------
+    url : str
+        The broker's endpoint.
+    timeout : float
+        Seconds to wait for the broker to answer a command (a confirm, a stats call) before raising
+        :class:`ringbus.PeerGone`; the command may or may not have taken effect - resend with a ``dedup_id``.
+    heartbeat : float
+        Seconds between heartbeats of a consumer's session (the broker's ``--heartbeat``).
+    """
+
+    unsupported_features: frozenset[str] = frozenset()
+
+    def __init__(self, url: str, *, timeout: float = 30.0, heartbeat: float = 1.0,
+                 context: zmq.Context[Any] | None = None) -> None:
+        self.url = url
+        self._timeout = check_seconds("timeout", timeout, allow_zero=False)
+        self._heartbeat_interval = check_seconds("heartbeat", heartbeat, allow_zero=False)
+        self._context = context or zmq.Context.instance()
+        self._owner = threading.get_ident()
+        self._session = new_id()
+        self._closed = False
+        self._rids = itertools.count(1)
+        self._socket = self._context.socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.SNDHWM, 100_000)
+        self._socket.setsockopt(zmq.RCVHWM, 100_000)
+        self._socket.connect(url)
+        self._replies: dict[bytes, tuple[dict[str, Any], list[bytes]] | None] = {}
+        self._subscriptions: dict[bytes, _BrokerSubscription] = {}
+        self._foreign_settles: deque[tuple[bytes, dict[str, Any]]] = deque()
+        self._heartbeat: _Heartbeat | None = None
+        self._mdp_client: MajordomoClient | None = None
+        self._workers: list[MajordomoWorker] = []
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Closed(f"bus {self.url!r} is closed")
+        if threading.get_ident() != self._owner:
+            raise RingbusError(f"bus {self.url!r} belongs to the thread that opened it; connect one bus per thread")
+
+    def _start_heartbeat(self) -> None:
+        if self._heartbeat is None:
+            self._heartbeat = _Heartbeat(self._context, self.url, self._session, self._heartbeat_interval)
+            self._heartbeat.start()
+
+    def _notify(self, command: bytes, args: dict[str, Any]) -> None:
+        """Send a command that wants no reply (settles)."""
+        self._socket.send_multipart([SIGNATURE, command, b"", pack(args)])
+
+    def _flush_settles(self) -> None:
+        settles = self._foreign_settles
+        while settles:
+            self._notify(*settles.popleft())
+
+    def _send_command(self, command: bytes, args: dict[str, Any], frames: list[Any]) -> bytes:
+        self._flush_settles()
+        rid = _rid(next(self._rids))
+        self._replies[rid] = None
+        self._socket.send_multipart([SIGNATURE, command, rid, pack(args), *frames], copy=len(frames) < 2)
+        return rid
+
+    def _pump(self, wait: float) -> None:
+        """Receive what arrives within ``wait`` seconds: replies for ``_replies``, events for subscriptions."""
+        if self._closed:
+            raise Closed(f"bus {self.url!r} is closed")
+        socket = self._socket
+        if not socket.poll(wait * 1000.0):
+            self._flush_settles()
+            return
+        while True:
+            try:
+                frames = socket.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if len(frames) < 4 or frames[0] != SIGNATURE:
+                log.warning("dropped a malformed reply of %d frame(s) from %s", len(frames), self.url)
+                continue
+            status, rid = frames[1], frames[2]
+            if status == EVENT:
+                subscription = self._subscriptions.get(rid)
+                if subscription is not None:
+                    subscription._event(decode(frames[4:]))
+                continue
+            if rid not in self._replies:
+                continue  # the late reply to a request given up on
+            payload = unpack(frames[3])
+            if status == ERR:
+                payload["__error__"] = True
+            elif status != OK:
+                continue
+            self._replies[rid] = (payload, frames[4:])
+        self._flush_settles()
+
+    def _wait_reply(self, rid: bytes, timeout: float | None) -> tuple[dict[str, Any], list[bytes]]:
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        try:
+            while True:
+                reply = self._replies.get(rid)
+                if reply is not None:
+                    payload, frames = reply
+                    if payload.pop("__error__", False):
+                        raise_error(payload)
+                    return payload, frames
+                left = deadline - time.monotonic()
+                if left <= 0.0:
+                    raise PeerGone(f"the broker at {self.url} did not answer within "
+                                   f"{self._timeout if timeout is None else timeout:g} s (is `ringbus broker` "
+                                   "running there?); the request may or may not have taken effect")
+                self._pump(min(left, SLICE))
+        finally:
+            self._replies.pop(rid, None)
+
+    def _call(self, command: bytes, args: dict[str, Any], frames: list[Any] | None = None,
+              timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
+        return self._wait_reply(self._send_command(command, args, frames or []), timeout)
+
+    # -- queues -----------------------------------------------------------------------------------------------
+    def declare_queue(self, name: str, *, durable: bool = True, max_length: int | None = None,
+                      overflow: Overflow = "reject", dead_letter: str | None = None, max_attempts: int = 5,
+                      visibility_timeout: float = 30.0, ordered_by_key: bool = False, ttl: float | None = None,
+                      dedup_window: float = 300.0) -> None:
+        self._check_open()
+        check_name("queue", name)
+        options = QueueOptions(durable=durable, max_length=max_length, overflow=overflow, dead_letter=dead_letter,
+                               max_attempts=max_attempts, visibility_timeout=visibility_timeout,
+                               ordered_by_key=ordered_by_key, ttl=ttl, dedup_window=dedup_window)
+        self._call(Command.DECLARE, {"name": name, "options": options.__dict__})
+
+    def send(self, queue: str, body: bytes | bytearray | memoryview | Message, *, key: str | None = None,
+             priority: int | None = None, headers: dict[str, HeaderValue] | None = None,
+             delay: float | None = None, ttl: float | None = None, dedup_id: str | None = None) -> str:
+        self._check_open()
+        message = as_message(body, key=key, priority=priority, headers=headers)
+        args: dict[str, Any] = {"queue": queue}
+        if delay is not None:
+            args["delay"] = check_seconds("delay", delay)
+        if ttl is not None:
+            args["ttl"] = check_seconds("ttl", ttl, allow_zero=False)
+        if dedup_id is not None:
+            if not isinstance(dedup_id, str):
+                raise TypeError(f"dedup_id must be a str or None, not {type(dedup_id).__name__}")
+            args["dedup_id"] = dedup_id
+        payload, _ = self._call(Command.SEND, args, encode(message))
+        return payload["id"]  # type: ignore[no-any-return]
+
+    def send_many(self, queue: str, bodies: Any) -> list[str]:
+        self._check_open()
+        frames: list[Any] = []
+        counts = []
+        for body in bodies:
+            encoded = encode(as_message(body))
+            counts.append(len(encoded))
+            frames.extend(encoded)
+        if not counts:
+            return []
+        payload, _ = self._call(Command.SEND_MANY, {"queue": queue, "frames": counts}, frames)
+        return payload["ids"]  # type: ignore[no-any-return]
+
+    def _fetch(self, queue: str, max_items: int, wait: float, consumer: _Consumer | None) -> list[Message]:
+        """One FETCH: up to ``max_items`` deliveries, waiting up to ``wait`` seconds at the broker for the first."""
+        payload, frames = self._call(Command.FETCH, {"queue": queue, "max": max_items, "wait": wait,
+                                                     "session": self._session}, timeout=wait + self._timeout)
+        messages = []
+        at = 0
+        for tag, count in zip(payload["tags"], payload["frames"]):
+            message = decode(frames[at:at + count])
+            at += count
+            message._settle = _Settle(self, queue, tag, consumer)
+            messages.append(message)
+        return messages
+
+    def receive(self, queue: str, timeout: float | None = None) -> Message | None:
+        self._check_open()
+        timeout = check_seconds("timeout", timeout)
+        self._start_heartbeat()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            # Long polls of at most a second: a bus closed meanwhile is noticed, and no request waits for ever.
+            wait = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
+            messages = self._fetch(queue, 1, wait, None)
+            if messages:
+                return messages[0]
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+        self._check_open()
+        check_prefetch(prefetch)
+        timeout = check_seconds("timeout", timeout)
+        self._start_heartbeat()
+        self._call(Command.STATS, {"queue": queue})  # an unknown queue fails here, not at the first next()
+        return self._consume(queue, prefetch, timeout)
+
+    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Iterator[Message]:
+        consumer = _Consumer()
+        buffer: deque[Message] = deque()
+        self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})
+        idle_since = time.monotonic()
+        try:
+            while not self._closed:
+                if buffer:
+                    consumer.outstanding += 1
+                    yield buffer.popleft()
+                    idle_since = time.monotonic()
+                    continue
+                credit = prefetch - consumer.outstanding
+                left = None if timeout is None else timeout - (time.monotonic() - idle_since)
+                if left is not None and left <= 0.0:
+                    return
+                wait = 1.0 if left is None else min(1.0, left)
+                if credit <= 0:  # every prefetched message is with the application: wait for a settle
+                    self._pump(min(wait, SLICE))
+                    continue
+                buffer.extend(self._fetch(queue, credit, wait, consumer))
+        except Closed:
+            return
+        finally:
+            if not self._closed:
+                if buffer:  # prefetched, never seen: back to the queue without counting an attempt
+                    tags = [message._settle.tag for message in buffer]
+                    self._notify(Command.RELEASE, {"queue": queue, "tags": tags})
+                self._notify(Command.CONSUMERS, {"queue": queue, "delta": -1, "session": self._session})
+
+    def queue_stats(self, queue: str) -> QueueStats:
+        self._check_open()
+        payload, _ = self._call(Command.STATS, {"queue": queue})
+        return QueueStats(**payload)
+
+    def queues(self) -> list[str]:
+        self._check_open()
+        payload, _ = self._call(Command.QUEUES, {})
+        return list(payload["queues"])
+
+    def broker_stats(self) -> dict[str, Any]:
+        """Everything the broker counts: queues, topics, services, log, malformed input (``ringbus stats``)."""
+        self._check_open()
+        payload, _ = self._call(Command.BROKER, {})
+        return payload
+
+    # -- topics -----------------------------------------------------------------------------------------------
+    def publish(self, topic: str, body: bytes | bytearray | memoryview | Message, *,
+                headers: dict[str, HeaderValue] | None = None, key: str | None = None) -> str:
+        self._check_open()
+        from ringbus.bus import check_topic
+
+        check_topic(topic)
+        message = as_message(body, key=key, headers=headers)
+        payload, _ = self._call(Command.PUBLISH, {"topic": topic}, encode(message))
+        return payload["id"]  # type: ignore[no-any-return]
+
+    def subscribe(self, pattern: str, *, group: str | None = None, durable: bool = False,
+                  start: Start = "latest") -> Subscription:
+        self._check_open()
+        check_subscription(pattern, group, durable, start)
+        return _BrokerSubscription(self, pattern, group, durable, start)
+
+    # -- services (Majordomo) ---------------------------------------------------------------------------------
+    def request(self, service: str, body: bytes | bytearray | memoryview | Message, *,
+                timeout: float | None = 5.0) -> Message:
+        self._check_open()
+        check_name("service", service)
+        timeout = check_seconds("timeout", timeout)
+        message = as_message(body)
+        if self._mdp_client is None:
+            self._mdp_client = MajordomoClient(self.url, context=self._context)
+        frames = [bytes(frame) for frame in encode(message)]
+        try:
+            reply = self._mdp_client.request(service, *frames, timeout=timeout)
+        except ServiceError as exc:
+            raise RingbusError(f"service {service!r} failed: {exc}") from None
+        except Empty:
+            raise Empty(f"no reply from service {service!r} within {timeout} s") from None
+        return decode(reply)
+
+    def serve(self, service: str, handler: Handler, *, stop: threading.Event | None = None) -> None:
+        self._check_open()
+        check_name("service", service)
+        worker = MajordomoWorker(self.url, service, context=self._context)
+        self._workers.append(worker)
+
+        def answer(frames: list[bytes]) -> list[bytes]:
+            request = decode(frames)
+            return [bytes(frame) for frame in encode(reply_message(request, handler(request)))]
+
+        try:
+            worker.serve(answer, stop=stop)
+        finally:
+            worker.close()
+            self._workers.remove(worker)
+
+    # -- lifetime ---------------------------------------------------------------------------------------------
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for worker in list(self._workers):
+            worker.close()
+        try:
+            if threading.get_ident() == self._owner:
+                self._flush_settles()
+                # Unsettled deliveries go back at once rather than after the heartbeat runs out.
+                self._socket.send_multipart([SIGNATURE, Command.BYE, b"", pack({"session": self._session})],
+                                            zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass
+        if self._heartbeat is not None:
+            self._heartbeat.stopping.set()
+            self._heartbeat.join(2.0)
+        if self._mdp_client is not None and threading.get_ident() == self._owner:
+            self._mdp_client.close()
+        if threading.get_ident() == self._owner:
+            self._socket.close(linger=1000)  # let BYE and the last settles reach the broker
+        else:
+            self._socket.close(linger=0)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed

@@ -1,0 +1,101 @@
+"""The ringbus broker protocol's constants and frame helpers (docs/protocol.md, "Broker").
+
+Client (DEALER) to broker (ROUTER)::
+
+    [b"RBB1", command, request_id, args, *message frames]
+
+Broker to client::
+
+    [b"RBB1", status, request_id, payload, *message frames]
+
+``args`` and ``payload`` are msgpack maps. ``status`` is ``OK``, ``ERR``
+(payload ``{"type": ..., "message": ...}``) or ``EVT`` (an ephemeral
+subscription's message, ``request_id`` = the subscription token). Messages
+travel as :func:`ringbus.codec.encode` frames; where several follow, the map
+says how many frames each takes (``"frames": [1, 2, ...]``). An empty
+``request_id`` asks for no reply (acks). Frames that start with an empty
+delimiter and ``MDPC01``/``MDPW01`` are Majordomo (RFC 7) traffic on the same port.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ringbus.errors import Empty, Full, NotFound, ProtocolError, RingbusError, Unsupported
+
+__all__ = ["SIGNATURE", "Command", "OK", "ERR", "EVENT", "error_payload", "raise_error", "pack", "unpack"]
+
+SIGNATURE = b"RBB1"
+
+OK = b"OK"
+ERR = b"ERR"
+EVENT = b"EVT"
+
+
+class Command:
+    """Command names: short bytes, one handler each in the broker."""
+
+    HELLO = b"HELLO"  # {session} -> {version, heartbeat}
+    DECLARE = b"DECLARE"  # {name, options} -> {}
+    SEND = b"SEND"  # {queue, delay, ttl, dedup_id} + message -> {id}   (after the log write under the fsync policy)
+    SEND_MANY = b"SENDN"  # {queue, frames} + messages -> {ids}
+    FETCH = b"FETCH"  # {queue, max, wait} -> {tags, frames} + messages   (waits up to wait seconds for one)
+    ACK = b"ACK"  # {queue, tags} -> nothing (empty request id)
+    NACK = b"NACK"  # {queue, tag, requeue, delay} -> nothing
+    REJECT = b"REJECT"  # {queue, tag} -> nothing
+    RELEASE = b"REL"  # {queue, tags} -> nothing: prefetched, never handed to the application; not an attempt
+    PUBLISH = b"PUB"  # {topic} + message -> {id}
+    SUBSCRIBE = b"SUB"  # {pattern, group} -> {token}; then EVT messages
+    UNSUBSCRIBE = b"UNSUB"  # {token} -> {}
+    GROUP = b"GROUP"  # {pattern, group, start} -> {queue}: a durable subscription group's queue
+    CONSUMERS = b"CONS"  # {queue, delta} -> nothing: consume iterators attached (+1) or gone (-1)
+    STATS = b"STATS"  # {queue} -> QueueStats fields
+    QUEUES = b"QUEUES"  # {} -> {queues}
+    BROKER = b"BROKER"  # {} -> broker-wide figures (`ringbus stats`)
+    HEARTBEAT = b"HB"  # {session} -> nothing; from the client's heartbeat socket
+    BYE = b"BYE"  # {session} -> nothing: unsettled deliveries go back at once
+
+
+_ERRORS: dict[str, type[Exception]] = {
+    "NotFound": NotFound,
+    "Full": Full,
+    "Empty": Empty,
+    "Unsupported": Unsupported,
+    "ProtocolError": ProtocolError,
+    "ValueError": ValueError,
+    "TypeError": TypeError,
+    "RingbusError": RingbusError,
+}
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(dict)
+
+
+def pack(value: dict[str, Any]) -> bytes:
+    return _encoder.encode(value)
+
+
+def unpack(frame: bytes | memoryview) -> dict[str, Any]:
+    """Decode an args/payload frame; ProtocolError if it is not a msgpack map."""
+    try:
+        return _decoder.decode(frame)  # type: ignore[no-any-return]
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
+        raise ProtocolError(f"arguments frame is not a msgpack map: {exc}") from None
+
+
+def error_payload(exc: BaseException) -> bytes:
+    """An ERR payload naming the exception's type (one the client maps back) and its text."""
+    for name, kind in _ERRORS.items():
+        if type(exc) is kind:
+            break
+    else:
+        name = next((n for n, k in _ERRORS.items() if isinstance(exc, k)), "RingbusError")
+    return pack({"type": name, "message": str(exc)})
+
+
+def raise_error(payload: dict[str, Any]) -> None:
+    """Raise the exception an ERR payload describes."""
+    kind = _ERRORS.get(str(payload.get("type")), RingbusError)
+    raise kind(str(payload.get("message", "the broker refused the request")))

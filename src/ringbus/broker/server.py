@@ -1,0 +1,584 @@
+"""The embedded broker: one ZeroMQ ROUTER, one thread, queues on the native core, a durable log on disk.
+
+Each turn of the loop takes every command waiting on the socket (up to
+``BATCH``), applies them to the books, appends what changed to the log,
+commits once (the fsync policy decides what that costs) and only then sends
+the replies: a confirmed send is on disk (``always``/``batch``) or in the OS
+(``never``). Many clients sending at once share one fsync - group commit.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+import zmq
+
+from ringbus.broker.log import SegmentedLog
+from ringbus.broker.majordomo import Majordomo
+from ringbus.broker.protocol import ERR, EVENT, OK, SIGNATURE, Command, error_payload, pack, unpack
+from ringbus.broker.queues import Queue, QueueBook
+from ringbus.broker.store import Store
+from ringbus.broker.topics import TopicBook
+from ringbus.bus import QueueOptions, check_name, check_seconds
+from ringbus.codec import decode, encode
+from ringbus.errors import NotFound, ProtocolError, RingbusError
+from ringbus.message import Message
+
+__all__ = ["Broker", "default_data_dir", "DEFAULT_ENDPOINT"]
+
+log = logging.getLogger("ringbus.broker")
+
+DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
+BATCH = 512  # commands taken per turn before a commit: bounds confirm latency under load
+MAX_WAIT = 0.1  # seconds the loop sleeps at most (notices stop() this fast)
+MAX_FETCH = 10_000
+
+_MDP_HEADERS = (b"MDPC01", b"MDPW01")
+
+
+def default_data_dir() -> Path:
+    """``./ringbus-data`` - the broker keeps its log beside the program that started it."""
+    return Path.cwd() / "ringbus-data"
+
+
+class _Waiter:
+    """A FETCH that found nothing and waits (long poll) for a message or its deadline."""
+
+    __slots__ = ("identity", "rid", "queue", "max", "deadline", "session", "done")
+
+    def __init__(self, identity: bytes, rid: bytes, queue: str, max_items: int, deadline: float, session: str) -> None:
+        self.identity = identity
+        self.rid = rid
+        self.queue = queue
+        self.max = max_items
+        self.deadline = deadline
+        self.session = session
+        self.done = False
+
+
+class _Session:
+    __slots__ = ("last_seen", "consumers", "subscriptions")
+
+    def __init__(self, now: float) -> None:
+        self.last_seen = now
+        self.consumers: dict[str, int] = {}
+        self.subscriptions: set[int] = set()
+
+
+class _Subscriber:
+    """An ephemeral subscriber: a client's DEALER, fed without blocking (dropped and counted at its HWM)."""
+
+    __slots__ = ("broker", "identity", "token", "dropped")
+
+    def __init__(self, broker: Broker, identity: bytes, token: bytes) -> None:
+        self.broker = broker
+        self.identity = identity
+        self.token = token
+        self.dropped = 0
+
+    def deliver(self, message: Message) -> bool:
+        frames = self.broker._encoded(message)
+        if self.broker._send([self.identity, SIGNATURE, EVENT, self.token, b"", *frames]):
+            return True
+        self.dropped += 1
+        return False
+
+
+class Broker:
+    """The embedded broker; run it in a thread (:meth:`start`) or in the foreground (:meth:`serve_forever`).
+
+    Parameters
+    ----------
+    data : path, optional
+        Directory of the durable log; default ``./ringbus-data``. One broker per directory (it is locked).
+    bind : str
+        ZeroMQ endpoint: ``tcp://127.0.0.1:5555`` by default, ``tcp://127.0.0.1:0`` for a free port,
+        ``ipc:///path/to/socket``.
+    fsync : {"always", "batch", "never"}
+        ``always``: fsync before each send's confirm; ``batch``: one fsync per turn of the loop for every send in
+        it (group commit); ``never``: confirmed sends are in the OS page cache (they survive the broker's crash,
+        not the machine's).
+    heartbeat : float
+        Seconds between client heartbeats; a client silent for ``liveness`` of them is gone and its unsettled
+        messages are delivered again.
+    """
+
+    def __init__(self, data: str | os.PathLike[str] | None = None, bind: str = DEFAULT_ENDPOINT, *,
+                 fsync: str = "batch", heartbeat: float = 1.0, liveness: int = 3,
+                 segment_bytes: int = 64 * 1024 * 1024, max_message: int = 64 * 1024 * 1024,
+                 context: zmq.Context[Any] | None = None) -> None:
+        if fsync not in ("always", "batch", "never"):
+            raise ValueError(f"fsync must be 'always', 'batch' or 'never', got {fsync!r}")
+        check_seconds("heartbeat", heartbeat, allow_zero=False)
+        self.data = Path(data) if data is not None else default_data_dir()
+        self.bind_address = bind
+        self.fsync = fsync
+        self.heartbeat = float(heartbeat)
+        self.liveness = int(liveness)
+        self._segment_bytes = segment_bytes
+        self._max_message = max_message
+        self._context = context or zmq.Context.instance()
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self.endpoint = bind
+        self.counters: dict[str, int] = dict.fromkeys(
+            ("commands", "malformed", "unknown_command", "errors", "undeliverable", "sessions_expired",
+             "unlogged", "confirms"), 0)
+        self.recovered: dict[str, int] = {}
+
+    # -- lifetime ---------------------------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> Broker:
+        """Run in a daemon thread; return once it recovered its log and listens. Raises if it could not start."""
+        self._thread = threading.Thread(target=self._run_thread, name="ringbus-broker", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise RingbusError(f"broker did not start within {timeout} s")
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def _run_thread(self) -> None:
+        try:
+            self.serve_forever()
+        except BaseException as exc:  # surfaced by start(); logged for a broker that was already up
+            self._failure = exc
+            if self._ready.is_set():
+                log.exception("broker stopped on an error")
+            self._ready.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the loop (pending confirms are sent) and close the log; idempotent."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    def __enter__(self) -> Broker:
+        return self.start() if self._thread is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the loop ---------------------------------------------------------------------------------------------
+    def serve_forever(self) -> None:
+        """Recover the log, bind, and serve until :meth:`stop` (or SIGINT in the foreground)."""
+        self._log = SegmentedLog(self.data, fsync=self.fsync, segment_bytes=self._segment_bytes,
+                                 max_record=self._max_message + 64 * 1024)
+        try:
+            self._setup()
+            self._ready.set()
+            self._loop()
+        finally:
+            try:
+                self._log.commit()
+            except RingbusError:
+                pass
+            self._log.close()
+            socket = getattr(self, "_socket", None)
+            if socket is not None:
+                socket.close(linger=0)
+
+    def _setup(self) -> None:
+        self._ready_queues: set[str] = set()
+        self._store = Store(self._log)
+        self.queues = QueueBook(journal=self._store, on_ready=self._on_ready)
+        self.topics = TopicBook(self.queues, on_publish=self._store.published)
+        self._store.topics = self.topics
+        self.recovered = self._store.recover(self.queues, self.topics)
+        self._log.commit()
+        log.info("broker recovered %s from %s", self.recovered, self.data)
+        self._waiters: dict[str, deque[_Waiter]] = {}
+        self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
+        self._waiter_ids = itertools.count()
+        self._sessions: dict[str, _Session] = {}
+        self._subscribers: dict[bytes, tuple[int, str]] = {}  # token -> (topic book token, session)
+        self._encoded_cache: tuple[Message | None, list[Any]] = (None, [])
+        self._outbox: list[tuple[list[Any], bool]] = []
+        socket = self._socket = self._context.socket(zmq.ROUTER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or vanished peer raises instead of dropping silently
+        socket.setsockopt(zmq.MAXMSGSIZE, self._max_message + 64 * 1024)  # refuse a huge frame before allocating
+        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.RCVHWM, 100_000)
+        socket.bind(self.bind_address)
+        self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.majordomo = Majordomo(self._send_mdp, heartbeat_interval=max(self.heartbeat, 0.5) * 2.5,
+                                   liveness=self.liveness)
+        self._handlers: dict[bytes, Callable[[bytes, bytes, dict[str, Any], list[Any]], None]] = {
+            Command.HELLO: self._hello, Command.DECLARE: self._declare, Command.SEND: self._send_one,
+            Command.SEND_MANY: self._send_many, Command.FETCH: self._fetch, Command.ACK: self._ack,
+            Command.NACK: self._nack, Command.REJECT: self._reject, Command.RELEASE: self._release, Command.PUBLISH: self._publish,
+            Command.SUBSCRIBE: self._subscribe, Command.UNSUBSCRIBE: self._unsubscribe,
+            Command.GROUP: self._group, Command.CONSUMERS: self._consumers, Command.STATS: self._stats,
+            Command.QUEUES: self._queues, Command.BROKER: self._broker_stats, Command.HEARTBEAT: self._heartbeat,
+            Command.BYE: self._bye,
+        }
+
+    def _loop(self) -> None:
+        socket = self._socket
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        next_expiry_check = 0.0
+        while not self._stop.is_set():
+            wait = self._next_wait()
+            if poller.poll(wait * 1000.0):
+                for _ in range(BATCH):
+                    try:
+                        frames = socket.recv_multipart(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._dispatch(frames)
+            self.queues.tick()
+            self._serve_waiters()
+            now = time.monotonic()
+            if now >= next_expiry_check:
+                next_expiry_check = now + min(self.heartbeat, 0.5)
+                self._expire_sessions(now)
+                self._expire_waiters(now)
+                self.majordomo.tick()
+            self._commit()
+
+    def _next_wait(self) -> float:
+        wait = MAX_WAIT
+        timer = self.queues.tick()
+        if timer is not None:
+            wait = min(wait, timer)
+        if self._waiter_deadlines:
+            wait = min(wait, max(0.0, self._waiter_deadlines[0][0] - time.monotonic()))
+        return wait
+
+    def _commit(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        try:
+            self._log.commit()
+        except RingbusError as exc:
+            # Nothing written since the last good commit may be confirmed: every pending confirm becomes an error.
+            log.error("log commit failed; refusing sends from now on: %s", exc)
+            failed = error_payload(exc)
+            outbox = [(frames[:2] + [ERR, frames[3], failed], False) if confirm else (frames, confirm)
+                      for frames, confirm in outbox]
+        else:
+            self._store.after_commit()
+        for frames, confirm in outbox:
+            self.counters["confirms"] += confirm
+            self._send(frames)
+
+    def _send(self, frames: list[Any]) -> bool:
+        try:
+            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=len(frames) < 4)
+            return True
+        except zmq.Again:  # that peer is at its high-water mark
+            self.counters["undeliverable"] += 1
+            return False
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EHOSTUNREACH:  # the peer went away
+                self.counters["undeliverable"] += 1
+                return False
+            raise
+
+    def _send_mdp(self, frames: list[bytes]) -> None:
+        self._send(frames)
+
+    def _dispatch(self, frames: list[bytes]) -> None:
+        self.counters["commands"] += 1
+        if len(frames) < 2:
+            self.counters["malformed"] += 1
+            return
+        identity = frames[0]
+        if frames[1] == SIGNATURE and len(frames) >= 5:
+            command, rid = frames[2], frames[3]
+            handler = self._handlers.get(command)
+            if handler is None:
+                self.counters["unknown_command"] += 1
+                self._reply_error(identity, rid, ProtocolError(f"unknown command {command[:32]!r}"))
+                return
+            try:
+                args = unpack(frames[4])
+                handler(identity, rid, args, frames[5:])
+            except (RingbusError, ValueError, TypeError, KeyError, IndexError) as exc:
+                if isinstance(exc, (ProtocolError, KeyError, IndexError)):
+                    self.counters["malformed"] += 1
+                else:
+                    self.counters["errors"] += 1
+                self._reply_error(identity, rid, exc if not isinstance(exc, (KeyError, IndexError))
+                                  else ProtocolError(f"missing or malformed argument: {exc}"))
+        elif frames[1] == b"" and len(frames) >= 3 and frames[2] in _MDP_HEADERS:
+            self.majordomo.handle(identity, frames[1:])
+        else:
+            self.counters["malformed"] += 1
+
+    def _reply(self, identity: bytes, rid: bytes, payload: dict[str, Any], *frames: Any,
+               confirm: bool = False) -> None:
+        if not rid:
+            return
+        # Every reply waits for the turn's commit; a confirm (the record it answers is in the log) must.
+        self._outbox.append(([identity, SIGNATURE, OK, rid, pack(payload), *frames], confirm))
+
+    def _reply_error(self, identity: bytes, rid: bytes, exc: BaseException) -> None:
+        if rid:
+            self._outbox.append(([identity, SIGNATURE, ERR, rid, error_payload(exc)], False))
+
+    def _encoded(self, message: Message) -> list[Any]:
+        cached, frames = self._encoded_cache
+        if cached is not message:
+            frames = encode(message)
+            self._encoded_cache = (message, frames)
+        return frames
+
+    # -- sessions ---------------------------------------------------------------------------------------------
+    def _session(self, name: object) -> _Session:
+        if not isinstance(name, str) or not name:
+            raise ProtocolError(f"session must be a non-empty string, got {name!r}")
+        now = time.monotonic()
+        session = self._sessions.get(name)
+        if session is None:
+            session = self._sessions[name] = _Session(now)
+        session.last_seen = now
+        return session
+
+    def _hello(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        self._session(args["session"])
+        self._reply(identity, rid, {"version": 1, "heartbeat": self.heartbeat, "liveness": self.liveness})
+
+    def _heartbeat(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        self._session(args["session"])
+
+    def _bye(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        name = args["session"]
+        if name in self._sessions:
+            self._end_session(name)
+        self._reply(identity, rid, {})
+
+    def _expire_sessions(self, now: float) -> None:
+        horizon = now - self.heartbeat * self.liveness
+        for name in [n for n, s in self._sessions.items() if s.last_seen < horizon]:
+            self.counters["sessions_expired"] += 1
+            self._end_session(name)
+
+    def _end_session(self, name: str) -> None:
+        session = self._sessions.pop(name)
+        released = self.queues.release(name)
+        for queue_name, count in session.consumers.items():
+            queue = self.queues.queues.get(queue_name)
+            if queue is not None:
+                queue.consumers = max(0, queue.consumers - count)
+        for token in [t for t, (_, owner) in self._subscribers.items() if owner == name]:
+            book_token, _ = self._subscribers.pop(token)
+            self.topics.remove(book_token)
+        for waiters in self._waiters.values():
+            for waiter in waiters:
+                if waiter.session == name:
+                    waiter.done = True
+        if released:
+            log.info("session %s ended with %d unsettled message(s); they are queued again", name, released)
+
+    # -- queues -----------------------------------------------------------------------------------------------
+    def _declare(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        name = check_name("queue", args["name"])
+        options = QueueOptions(**args.get("options", {}))
+        queue, new = self.queues.declare(name, options)
+        if new:
+            self._store.declared(name, options, None)
+        self._reply(identity, rid, {"created": new}, confirm=True)
+
+    def _message(self, frames: list[Any]) -> Message:
+        if not frames:
+            raise ProtocolError("a message was expected after the arguments frame")
+        return decode(frames)
+
+    def _send_one(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        message = self._message(frames)
+        delay = check_seconds("delay", args.get("delay"))
+        ttl = check_seconds("ttl", args.get("ttl"), allow_zero=False)
+        mid = self.queues.send(args["queue"], message, delay=delay, ttl=ttl, dedup_id=args.get("dedup_id"))
+        self._reply(identity, rid, {"id": mid}, confirm=True)
+        if self.fsync == "always":
+            self._commit()
+
+    def _send_many(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        counts = args["frames"]
+        if not isinstance(counts, list) or sum(counts) != len(frames):
+            raise ProtocolError(f"SENDN declares {counts!r} frames per message but {len(frames)} followed")
+        queue = args["queue"]
+        self.queues.get(queue)
+        messages = []
+        at = 0
+        for count in counts:
+            messages.append(decode(frames[at:at + count]))
+            at += count
+        ids = [self.queues.send(queue, message) for message in messages]
+        self._reply(identity, rid, {"ids": ids}, confirm=True)
+        if self.fsync == "always":
+            self._commit()
+
+    def _fetch(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        queue = args["queue"]
+        session = args["session"]
+        self._session(session)
+        max_items = args.get("max", 1)
+        if not isinstance(max_items, int) or not 1 <= max_items <= MAX_FETCH:
+            raise ValueError(f"max must be an int from 1 to {MAX_FETCH}, got {max_items!r}")
+        wait = check_seconds("wait", args.get("wait", 0.0)) or 0.0
+        delivered = self.queues.fetch(queue, session, max_items)
+        if delivered or wait <= 0.0:
+            self._deliver(identity, rid, delivered)
+            return
+        waiter = _Waiter(identity, rid, queue, max_items, time.monotonic() + wait, session)
+        self._waiters.setdefault(queue, deque()).append(waiter)
+        heapq.heappush(self._waiter_deadlines, (waiter.deadline, next(self._waiter_ids), waiter))
+
+    def _deliver(self, identity: bytes, rid: bytes, delivered: list[tuple[int, Message]]) -> None:
+        tags = []
+        counts = []
+        out: list[Any] = []
+        for tag, message in delivered:
+            encoded = encode(message)
+            tags.append(tag)
+            counts.append(len(encoded))
+            out.extend(encoded)
+        self._reply(identity, rid, {"tags": tags, "frames": counts}, *out)
+
+    def _on_ready(self, queue: Queue) -> None:
+        if queue.name in self._waiters:
+            self._ready_queues.add(queue.name)
+
+    def _serve_waiters(self) -> None:
+        if not self._ready_queues:
+            return
+        ready, self._ready_queues = self._ready_queues, set()
+        for name in ready:
+            waiters = self._waiters.get(name)
+            while waiters:
+                waiter = waiters[0]
+                if waiter.done:
+                    waiters.popleft()
+                    continue
+                try:
+                    delivered = self.queues.fetch(name, waiter.session, waiter.max)
+                except NotFound:
+                    delivered = []
+                if not delivered:
+                    break
+                waiters.popleft()
+                waiter.done = True
+                self._deliver(waiter.identity, waiter.rid, delivered)
+            if not waiters:
+                self._waiters.pop(name, None)
+
+    def _expire_waiters(self, now: float) -> None:
+        deadlines = self._waiter_deadlines
+        while deadlines and deadlines[0][0] <= now:
+            _, _, waiter = heapq.heappop(deadlines)
+            if not waiter.done:
+                waiter.done = True
+                self._deliver(waiter.identity, waiter.rid, [])
+        for name in [n for n, w in self._waiters.items() if all(x.done for x in w)]:
+            del self._waiters[name]
+
+    def _settle_args(self, args: dict[str, Any]) -> tuple[str, list[int]]:
+        tags = args.get("tags", [args.get("tag")])
+        if not isinstance(tags, list) or not all(isinstance(t, int) for t in tags):
+            raise ProtocolError(f"tags must be a list of ints, got {tags!r}")
+        return args["queue"], tags
+
+    def _ack(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        queue, tags = self._settle_args(args)
+        stale = 0
+        for tag in tags:
+            try:
+                self.queues.ack(queue, tag)
+            except NotFound:
+                raise
+            except RingbusError:
+                stale += 1
+        self.counters["stale_settles"] = self.counters.get("stale_settles", 0) + stale
+        self._reply(identity, rid, {"stale": stale}, confirm=True)
+
+    def _nack(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        queue, tags = self._settle_args(args)
+        delay = check_seconds("delay", args.get("delay"))
+        for tag in tags:
+            self.queues.nack(queue, tag, requeue=bool(args.get("requeue", True)), delay=delay)
+        self._reply(identity, rid, {}, confirm=True)
+
+    def _reject(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        queue, tags = self._settle_args(args)
+        for tag in tags:
+            self.queues.reject(queue, tag)
+        self._reply(identity, rid, {}, confirm=True)
+
+    def _release(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        queue, tags = self._settle_args(args)
+        for tag in tags:
+            try:
+                self.queues.unfetch(queue, tag)
+            except NotFound:
+                raise
+            except RingbusError:  # its lease ran out meanwhile: already back in the queue
+                pass
+        self._reply(identity, rid, {}, confirm=True)
+
+    def _consumers(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        session = self._session(args["session"])
+        queue = self.queues.get(args["queue"])
+        delta = 1 if args.get("delta", 1) > 0 else -1
+        held = session.consumers.get(queue.name, 0)
+        if delta < 0 and held <= 0:
+            return
+        session.consumers[queue.name] = held + delta
+        queue.consumers += delta
+
+    def _stats(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        stats = self.queues.stats(args["queue"])
+        self._reply(identity, rid, dict(stats.__dict__))
+
+    def _queues(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        self._reply(identity, rid, {"queues": [n for n in self.queues.names() if not n.startswith("@")]})
+
+    def _broker_stats(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        queues = {name: dict(self.queues.stats(name).__dict__) for name in self.queues.names()}
+        self._reply(identity, rid, {
+            "queues": queues, "topics": self.topics.stats(), "services": self.majordomo.stats(),
+            "log": {k: v for k, v in self._log.stats().items() if isinstance(v, (int, float, str, bool))},
+            "counters": dict(self.counters), "sessions": len(self._sessions), "recovered": self.recovered,
+            "data": str(self.data), "fsync": self.fsync,
+        })
+
+    # -- topics -----------------------------------------------------------------------------------------------
+    def _publish(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        mid = self.topics.publish(args["topic"], self._message(frames))
+        self._reply(identity, rid, {"id": mid}, confirm=True)
+
+    def _subscribe(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        session = args["session"]
+        self._session(session)
+        token = os.urandom(8)
+        book_token = self.topics.add(args["pattern"], args.get("group"), _Subscriber(self, identity, token))
+        self._subscribers[token] = (book_token, session)
+        self._reply(identity, rid, {"token": token})
+
+    def _unsubscribe(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        held = self._subscribers.pop(args["token"], None)
+        if held is not None:
+            self.topics.remove(held[0])
+        self._reply(identity, rid, {})
+
+    def _group(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        group = check_name("subscription group", args["group"])
+        pattern = args["pattern"]
+        start = args.get("start", "latest")
+        options = QueueOptions()
+        name, new = self.topics.durable_group(pattern, group, start, options)
+        if new:
+            self._store.declared(name, options, pattern)
+        self._reply(identity, rid, {"queue": name}, confirm=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from ringbus._core import IMPLEMENTATION, ArrayRing, PriorityQueue, QueueStatistics, Ring, ShmChannel
 from ringbus.errors import Closed, Empty, Full, NotFound, PeerGone, ProtocolError, RingbusError, Unsupported
 from ringbus.message import HeaderValue, Message, SettleHandle, new_id
+from ringbus.bus import Bus, QueueStats, Subscription, connect
+from ringbus.broker.server import Broker
 from ringbus import codec  # noqa: E402  (encode/decode/dumps/loads stay namespaced)
 from ringbus.transport import (
     CurveClient,
@@ -24,6 +26,12 @@ from ringbus.transport import (
 __version__ = "0.1.0"
 
 __all__ = [
+    # the messaging contract
+    "connect",
+    "Bus",
+    "Subscription",
+    "QueueStats",
+    "Broker",
     # in-process queues (native core)
     "Ring",
     "PriorityQueue",

@@ -36,6 +36,57 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker(args: argparse.Namespace) -> int:
+    import logging
+    import signal
+
+    from ringbus.broker.process import READY_PREFIX
+    from ringbus.broker.server import Broker
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    broker = Broker(args.data, args.bind, fsync=args.fsync, heartbeat=args.heartbeat)
+
+    def stop(signum: int, frame: object) -> None:
+        broker.stop(timeout=0)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    broker.start()
+    recovered = broker.recovered
+    print(f"{READY_PREFIX}{broker.endpoint} (data {broker.data}, fsync {broker.fsync}; recovered "
+          f"{recovered.get('messages', 0)} message(s) in {recovered.get('queues', 0)} queue(s))", flush=True)
+    while broker.running:
+        broker.wait(0.5)
+    return 0
+
+
+def _stats(args: argparse.Namespace) -> int:
+    from ringbus.backends.broker import BrokerBus
+
+    with BrokerBus(args.url, timeout=args.timeout) as bus:
+        stats = bus.broker_stats()
+    if args.json:
+        print(json.dumps(stats, indent=2, default=str))
+        return 0
+    print(f"broker {args.url}: data {stats['data']}, fsync {stats['fsync']}, {stats['sessions']} session(s), "
+          f"log {stats['log'].get('bytes', 0):,} bytes in {stats['log'].get('segments', 0)} segment(s)")
+    columns = ("depth", "in_flight", "dead_lettered", "consumers", "sent", "acked", "send_rate", "ack_rate")
+    rows = [[name, *(f"{q[c]:,.1f}" if isinstance(q[c], float) else f"{q[c]:,}" for c in columns)]
+            for name, q in sorted(stats["queues"].items())]
+    header = ["queue", *columns]
+    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print("  ".join(str(cell).ljust(widths[0]) if i == 0 else str(cell).rjust(widths[i])
+                        for i, cell in enumerate(row)))
+    topics = stats["topics"]
+    print(f"topics: {topics['published']:,} published, {topics['delivered']:,} delivered, {topics['dropped']:,} "
+          f"dropped (slow ephemeral subscribers), {topics['groups']} durable group(s)")
+    counters = stats["counters"]
+    print(f"input: {counters['commands']:,} commands, {counters['malformed']:,} malformed, "
+          f"{counters['unknown_command']:,} unknown; services: {', '.join(stats['services'].get('services', {})) or '-'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringbus", description=ringbus.__doc__)
     parser.add_argument("--version", action="version", version=f"ringbus {ringbus.__version__}")
@@ -48,6 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=12345, help="seed for the random priorities")
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     bench.set_defaults(handler=_bench)
+
+    from ringbus.broker.server import DEFAULT_ENDPOINT, default_data_dir
+
+    broker = commands.add_parser("broker", help="run the embedded broker in the foreground")
+    broker.add_argument("--data", default=str(default_data_dir()), help="directory of the durable log "
+                        "(default: ./ringbus-data)")
+    broker.add_argument("--bind", default=DEFAULT_ENDPOINT, help=f"ZeroMQ endpoint (default: {DEFAULT_ENDPOINT})")
+    broker.add_argument("--fsync", default="batch", choices=["always", "batch", "never"],
+                        help="when a send is confirmed: after its own fsync, after the fsync of its batch "
+                             "(group commit, default), or once in the OS page cache")
+    broker.add_argument("--heartbeat", type=float, default=1.0, help="seconds between client heartbeats")
+    broker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    broker.set_defaults(handler=_broker)
+
+    stats = commands.add_parser("stats", help="print a broker's queues, depths, in-flight, dead letters, rates")
+    stats.add_argument("--url", default=DEFAULT_ENDPOINT, help=f"the broker (default: {DEFAULT_ENDPOINT})")
+    stats.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
+    stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    stats.set_defaults(handler=_stats)
     return parser
 
 

@@ -163,6 +163,17 @@ class Broker:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    @property
+    def running(self) -> bool:
+        """True while the loop thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the loop thread to end; True if it did."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return not self.running
+
     def __enter__(self) -> Broker:
         return self.start() if self._thread is None else self
 

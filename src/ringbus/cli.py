@@ -12,10 +12,10 @@ import ringbus
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ringbus.bench import core, ipc
+    from ringbus.bench import broker, core, ipc
     from ringbus.bench._harness import format_table, run_case
 
-    suites = {"core": core.cases, "ipc": ipc.cases}
+    suites = {"core": core.cases, "ipc": ipc.cases, "broker": broker.cases}
 
     names = list(suites) if args.suite == "all" else [args.suite]
     rows = []
@@ -25,6 +25,8 @@ def _bench(args: argparse.Namespace) -> int:
                 print(f"running {case.name} ...", file=sys.stderr, flush=True)
             rows.extend(run_case(case, args.rounds))
     notes = ipc.missing_peers() if args.suite in ("ipc", "all") else []
+    if args.suite in ("broker", "all"):
+        notes += broker.missing_peers()
     if args.json:
         print(json.dumps({"implementation": ringbus.IMPLEMENTATION, "rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
     else:
@@ -44,7 +46,9 @@ def _broker(args: argparse.Namespace) -> int:
     from ringbus.broker.server import Broker
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    broker = Broker(args.data, args.bind, fsync=args.fsync, heartbeat=args.heartbeat)
+    broker = Broker(args.data, args.bind, fsync=args.fsync, heartbeat=args.heartbeat,
+                    retention_seconds=args.retention_hours * 3600.0,
+                    retention_bytes=int(args.retention_mb * 1024 * 1024))
 
     def stop(signum: int, frame: object) -> None:
         broker.stop(timeout=0)
@@ -93,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = commands.add_parser("bench", help="measure ringbus beside its peers and print ratios")
-    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "all"], help="which comparisons (default: core)")
+    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "broker", "all"], help="which comparisons (default: core)")
     bench.add_argument("--rounds", type=int, default=5, help="rounds per case; medians are reported (default: 5)")
     bench.add_argument("--scale", type=float, default=1.0, help="work per round relative to the default (0.1 = a quick look)")
     bench.add_argument("--seed", type=int, default=12345, help="seed for the random priorities")
@@ -110,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="when a send is confirmed: after its own fsync, after the fsync of its batch "
                              "(group commit, default), or once in the OS page cache")
     broker.add_argument("--heartbeat", type=float, default=1.0, help="seconds between client heartbeats")
+    broker.add_argument("--retention-hours", type=float, default=24.0,
+                        help="how long topics keep publications for replay (start='earliest'; default 24)")
+    broker.add_argument("--retention-mb", type=float, default=64.0,
+                        help="most megabytes of publications topics keep for replay (default 64)")
     broker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     broker.set_defaults(handler=_broker)
 
@@ -130,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except KeyboardInterrupt:
         return 130
+    except ringbus.RingbusError as exc:  # a broker that does not answer, a data dir in use: one line, no traceback
+        print(f"ringbus {args.command}: {exc}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `ringbus bench | head`: the reader left, nothing is wrong
         sys.stderr.close()
         return 0

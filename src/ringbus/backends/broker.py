@@ -193,17 +193,14 @@ class BrokerBus(Bus):
     timeout : float
         Seconds to wait for the broker to answer a command (a confirm, a stats call) before raising
         :class:`ringbus.PeerGone`; the command may or may not have taken effect - resend with a ``dedup_id``.
-    heartbeat : float
-        Seconds between heartbeats of a consumer's session (the broker's ``--heartbeat``).
     """
 
     unsupported_features: frozenset[str] = frozenset()
 
-    def __init__(self, url: str, *, timeout: float = 30.0, heartbeat: float = 1.0,
-                 context: zmq.Context[Any] | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, context: zmq.Context[Any] | None = None) -> None:
         self.url = url
         self._timeout = check_seconds("timeout", timeout, allow_zero=False)
-        self._heartbeat_interval = check_seconds("heartbeat", heartbeat, allow_zero=False)
+        self._heartbeat_interval = 1.0  # until the broker's HELLO says otherwise
         self._context = context or zmq.Context.instance()
         self._owner = threading.get_ident()
         self._session = new_id()
@@ -230,7 +227,10 @@ class BrokerBus(Bus):
 
     def _start_heartbeat(self) -> None:
         if self._heartbeat is None:
-            self._heartbeat = _Heartbeat(self._context, self.url, self._session, self._heartbeat_interval)
+            # The broker decides how often it expects to hear from us.
+            payload, _ = self._call(Command.HELLO, {"session": self._session})
+            interval = float(payload.get("heartbeat", self._heartbeat_interval))
+            self._heartbeat = _Heartbeat(self._context, self.url, self._session, interval)
             self._heartbeat.start()
 
     def _notify(self, command: bytes, args: dict[str, Any]) -> None:

@@ -110,11 +110,14 @@ class Broker:
     heartbeat : float
         Seconds between client heartbeats; a client silent for ``liveness`` of them is gone and its unsettled
         messages are delivered again.
+    retention_seconds, retention_bytes : float, int
+        How long and how much topics keep their publications for a durable group that starts at "earliest".
     """
 
     def __init__(self, data: str | os.PathLike[str] | None = None, bind: str = DEFAULT_ENDPOINT, *,
                  fsync: str = "batch", heartbeat: float = 1.0, liveness: int = 3,
                  segment_bytes: int = 64 * 1024 * 1024, max_message: int = 64 * 1024 * 1024,
+                 retention_seconds: float = 24 * 3600.0, retention_bytes: int = 64 * 1024 * 1024,
                  context: zmq.Context[Any] | None = None) -> None:
         if fsync not in ("always", "batch", "never"):
             raise ValueError(f"fsync must be 'always', 'batch' or 'never', got {fsync!r}")
@@ -125,6 +128,7 @@ class Broker:
         self.heartbeat = float(heartbeat)
         self.liveness = int(liveness)
         self._segment_bytes = segment_bytes
+        self._retention = (float(retention_seconds), int(retention_bytes))
         self._max_message = max_message
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
@@ -203,7 +207,8 @@ class Broker:
         self._ready_queues: set[str] = set()
         self._store = Store(self._log)
         self.queues = QueueBook(journal=self._store, on_ready=self._on_ready)
-        self.topics = TopicBook(self.queues, on_publish=self._store.published)
+        self.topics = TopicBook(self.queues, on_publish=self._store.published, retention_seconds=self._retention[0],
+                                retention_bytes=self._retention[1])
         self._store.topics = self.topics
         self.recovered = self._store.recover(self.queues, self.topics)
         self._log.commit()

@@ -32,6 +32,7 @@ from ringbus.bus import Bus, Handler, Overflow, QueueOptions, QueueStats, Start,
 from ringbus.codec import decode, encode
 from ringbus.errors import Closed, Empty, PeerGone, RingbusError
 from ringbus.message import HeaderValue, Message, new_id
+from ringbus.transport._zmq_socket import recv_nowait, send_frames
 
 __all__ = ["BrokerBus"]
 
@@ -39,6 +40,12 @@ log = logging.getLogger("ringbus.backends.broker")
 
 SLICE = 0.1  # seconds a wait sleeps before it looks at settles from other threads and at close()
 SUBSCRIBER_BUFFER = 10_000
+# A consume loop's acks are sent together: when ACK_BATCH are held, when the loop fetches or stops, when any
+# other command goes out, and at the latest ACK_HOLD seconds after the first (so a slow handler's earlier
+# acks never wait long enough to meet a visibility timeout).
+ACK_BATCH = 256
+ACK_HOLD = 0.05
+SEND_CHUNK = 256  # messages per command of a send_many
 _rid = struct.Struct(">Q").pack
 
 
@@ -62,11 +69,14 @@ class _Settle:
         self.done = True
         if self.consumer is not None:
             self.consumer.outstanding -= 1
-        args["queue"] = self.queue
-        if threading.get_ident() == bus._owner:
-            bus._notify(command, args)
-        else:
+        if threading.get_ident() != bus._owner:
+            args["queue"] = self.queue
             bus._foreign_settles.append((command, args))
+        elif command is Command.ACK and self.consumer is not None:
+            bus._hold_ack(self.queue, self.tag)  # a consume loop's acks travel together
+        else:
+            args["queue"] = self.queue
+            bus._notify(command, args)
 
     def ack(self, message: Message) -> None:
         self._settle(Command.ACK, {"tags": [self.tag]})
@@ -214,6 +224,8 @@ class BrokerBus(Bus):
         self._replies: dict[bytes, tuple[dict[str, Any], list[bytes]] | None] = {}
         self._subscriptions: dict[bytes, _BrokerSubscription] = {}
         self._foreign_settles: deque[tuple[bytes, dict[str, Any]]] = deque()
+        self._held_acks: dict[str, list[int]] = {}
+        self._held_since: float | None = None
         self._heartbeat: _Heartbeat | None = None
         self._mdp_client: MajordomoClient | None = None
         self._workers: list[MajordomoWorker] = []
@@ -235,18 +247,39 @@ class BrokerBus(Bus):
 
     def _notify(self, command: bytes, args: dict[str, Any]) -> None:
         """Send a command that wants no reply (settles)."""
-        self._socket.send_multipart([SIGNATURE, command, b"", pack(args)])
+        send_frames(self._socket, [SIGNATURE, command, b"", pack(args)], block=True)
+
+    def _hold_ack(self, queue: str, tag: int) -> None:
+        held = self._held_acks.get(queue)
+        if held is None:
+            held = self._held_acks[queue] = []
+            if self._held_since is None:
+                self._held_since = time.monotonic()
+        held.append(tag)
+        if len(held) >= ACK_BATCH:
+            self._flush_settles()
 
     def _flush_settles(self) -> None:
+        """Send settles held back: acks of consume loops, and settles made in other threads."""
+        if self._held_acks:
+            for queue, tags in self._held_acks.items():
+                self._notify(Command.ACK, {"queue": queue, "tags": tags})
+            self._held_acks = {}
+            self._held_since = None
         settles = self._foreign_settles
         while settles:
             self._notify(*settles.popleft())
+
+    def _flush_if_stale(self) -> None:
+        since = self._held_since
+        if since is not None and time.monotonic() - since >= ACK_HOLD:
+            self._flush_settles()
 
     def _send_command(self, command: bytes, args: dict[str, Any], frames: list[Any]) -> bytes:
         self._flush_settles()
         rid = _rid(next(self._rids))
         self._replies[rid] = None
-        self._socket.send_multipart([SIGNATURE, command, rid, pack(args), *frames], copy=len(frames) < 2)
+        send_frames(self._socket, [SIGNATURE, command, rid, pack(args), *frames], block=True)
         return rid
 
     def _pump(self, wait: float) -> None:
@@ -258,9 +291,8 @@ class BrokerBus(Bus):
             self._flush_settles()
             return
         while True:
-            try:
-                frames = socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
+            frames = recv_nowait(socket)
+            if frames is None:
                 break
             if len(frames) < 4 or frames[0] != SIGNATURE:
                 log.warning("dropped a malformed reply of %d frame(s) from %s", len(frames), self.url)
@@ -334,17 +366,31 @@ class BrokerBus(Bus):
         return payload["id"]  # type: ignore[no-any-return]
 
     def send_many(self, queue: str, bodies: Any) -> list[str]:
+        """Send messages in order, pipelined: chunks of ``SEND_CHUNK`` go out back to back, then their confirms
+        are awaited, so encoding here overlaps storing there. Not atomic: if one chunk is refused (say
+        ``Full``), chunks before it were accepted."""
         self._check_open()
-        frames: list[Any] = []
-        counts = []
-        for body in bodies:
-            encoded = encode(as_message(body))
-            counts.append(len(encoded))
-            frames.extend(encoded)
-        if not counts:
-            return []
-        payload, _ = self._call(Command.SEND_MANY, {"queue": queue, "frames": counts}, frames)
-        return payload["ids"]  # type: ignore[no-any-return]
+        messages = [as_message(body) for body in bodies]
+        rids = []
+        for start in range(0, len(messages), SEND_CHUNK):
+            frames: list[Any] = []
+            counts = []
+            for message in messages[start:start + SEND_CHUNK]:
+                encoded = encode(message)
+                counts.append(len(encoded))
+                frames.extend(encoded)
+            rids.append(self._send_command(Command.SEND_MANY, {"queue": queue, "frames": counts}, frames))
+        ids: list[str] = []
+        failure: BaseException | None = None
+        for rid in rids:
+            try:
+                payload, _ = self._wait_reply(rid, None)
+                ids.extend(payload["ids"])
+            except (RingbusError, ValueError, TypeError) as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return ids
 
     def _fetch(self, queue: str, max_items: int, wait: float, consumer: _Consumer | None) -> list[Message]:
         """One FETCH: up to ``max_items`` deliveries, waiting up to ``wait`` seconds at the broker for the first."""
@@ -389,6 +435,7 @@ class BrokerBus(Bus):
         try:
             while not self._closed:
                 if buffer:
+                    self._flush_if_stale()
                     consumer.outstanding += 1
                     yield buffer.popleft()
                     idle_since = time.monotonic()
@@ -406,6 +453,7 @@ class BrokerBus(Bus):
             return
         finally:
             if not self._closed:
+                self._flush_settles()
                 if buffer:  # prefetched, never seen: back to the queue without counting an attempt
                     tags = [message._settle.tag for message in buffer]
                     self._notify(Command.RELEASE, {"queue": queue, "tags": tags})

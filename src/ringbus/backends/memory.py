@@ -273,7 +273,7 @@ class MemoryBus(Bus):
                     raise Closed(f"bus {self.url!r} is closed")
                 delivered = book.fetch(queue, self, 1)
                 if delivered:
-                    tag, message = delivered[0]
+                    tag, message, _ = delivered[0]
                     message._settle = _Settle(self, queue, tag, consumer)
                     return message
                 wait = book.tick()

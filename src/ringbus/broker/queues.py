@@ -48,7 +48,7 @@ class Entry:
     """One accepted message and where it is in its queue's life cycle."""
 
     __slots__ = ("seq", "message", "ready_at", "expires_at", "deliveries", "dedup_id", "state", "tag",
-                 "deadline", "holder", "lsn")
+                 "deadline", "holder", "lsn", "wire")
 
     def __init__(self, seq: int, message: Message, ready_at: float, expires_at: float | None,
                  deliveries: int = 0, dedup_id: str | None = None, lsn: int = -1) -> None:
@@ -63,9 +63,10 @@ class Entry:
         self.deadline = 0.0  # lease end while in flight
         self.holder: Hashable | None = None  # consumer (session) holding it while in flight
         self.lsn = lsn  # where the broker's log holds it (-1: nowhere)
+        self.wire: list[bytes] | None = None  # the frames it arrived in: logged and first delivered as they are
 
 
-Delivery = tuple[int, Message]  # (delivery tag, message as delivered)
+Delivery = tuple[int, Message, "list[bytes] | None"]  # (delivery tag, message, its frames if unchanged)
 
 
 class Journal(Protocol):
@@ -273,8 +274,10 @@ class QueueBook:
 
     # -- sending ---------------------------------------------------------------------------------------------------
     def send(self, name: str, message: Message, *, delay: float | None = None, ttl: float | None = None,
-             dedup_id: str | None = None) -> str:
+             dedup_id: str | None = None, wire: list[bytes] | None = None) -> str:
         """Accept ``message`` on queue ``name``; return its id (the first one's, for a dedup repeat).
+
+        ``wire``: the frames ``message`` was decoded from, kept to log and deliver it without encoding it again.
 
         Raises NotFound, or Full when the queue is at max_length with overflow "reject".
         """
@@ -297,6 +300,7 @@ class QueueBook:
         ttl = ttl if ttl is not None else options.ttl
         entry = Entry(queue.next_seq(), message, now + delay if delay else now,
                       now + ttl if ttl is not None else None, dedup_id=dedup_id)
+        entry.wire = wire
         if dedup_id is not None and options.dedup_window > 0:
             expires = now + options.dedup_window
             queue._dedup[dedup_id] = (expires, message.id)
@@ -350,11 +354,13 @@ class QueueBook:
             queue._in_flight[tag] = entry
             heapq.heappush(queue._leases, (entry.deadline, tag, entry))
             message = entry.message
+            wire = entry.wire
             if entry.deliveries:
                 queue.redelivered += 1
                 message = _replace(message, attempts=entry.deliveries)
+                wire = None
             entry.deliveries += 1
-            out.append((tag, message))
+            out.append((tag, message, wire))
         return out
 
     def _settling(self, name: str, tag: int, action: str) -> tuple[Queue, Entry]:

@@ -32,6 +32,7 @@ from ringbus.bus import QueueOptions, check_name, check_seconds
 from ringbus.codec import decode, encode
 from ringbus.errors import NotFound, ProtocolError, RingbusError
 from ringbus.message import Message
+from ringbus.transport._zmq_socket import recv_nowait, send_frames
 
 __all__ = ["Broker", "default_data_dir", "DEFAULT_ENDPOINT"]
 
@@ -249,9 +250,8 @@ class Broker:
             wait = self._next_wait()
             if poller.poll(wait * 1000.0):
                 for _ in range(BATCH):
-                    try:
-                        frames = socket.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
+                    frames = recv_nowait(socket)
+                    if frames is None:
                         break
                     self._dispatch(frames)
             self.queues.tick()
@@ -291,7 +291,7 @@ class Broker:
 
     def _send(self, frames: list[Any]) -> bool:
         try:
-            self._socket.send_multipart(frames, zmq.NOBLOCK, copy=len(frames) < 4)
+            send_frames(self._socket, frames)
             return True
         except zmq.Again:  # that peer is at its high-water mark
             self.counters["undeliverable"] += 1
@@ -416,7 +416,8 @@ class Broker:
         message = self._message(frames)
         delay = check_seconds("delay", args.get("delay"))
         ttl = check_seconds("ttl", args.get("ttl"), allow_zero=False)
-        mid = self.queues.send(args["queue"], message, delay=delay, ttl=ttl, dedup_id=args.get("dedup_id"))
+        mid = self.queues.send(args["queue"], message, delay=delay, ttl=ttl, dedup_id=args.get("dedup_id"),
+                               wire=frames)
         self._reply(identity, rid, {"id": mid}, confirm=True)
         if self.fsync == "always":
             self._commit()
@@ -427,12 +428,14 @@ class Broker:
             raise ProtocolError(f"SENDN declares {counts!r} frames per message but {len(frames)} followed")
         queue = args["queue"]
         self.queues.get(queue)
-        messages = []
+        pieces = []
         at = 0
         for count in counts:
-            messages.append(decode(frames[at:at + count]))
+            wire = frames[at:at + count]
+            pieces.append((decode(wire), wire))  # all decoded first: one bad message refuses the whole batch
             at += count
-        ids = [self.queues.send(queue, message) for message in messages]
+        send = self.queues.send
+        ids = [send(queue, message, wire=wire) for message, wire in pieces]
         self._reply(identity, rid, {"ids": ids}, confirm=True)
         if self.fsync == "always":
             self._commit()
@@ -453,12 +456,12 @@ class Broker:
         self._waiters.setdefault(queue, deque()).append(waiter)
         heapq.heappush(self._waiter_deadlines, (waiter.deadline, next(self._waiter_ids), waiter))
 
-    def _deliver(self, identity: bytes, rid: bytes, delivered: list[tuple[int, Message]]) -> None:
+    def _deliver(self, identity: bytes, rid: bytes, delivered: list[tuple[int, Message, list[bytes] | None]]) -> None:
         tags = []
         counts = []
         out: list[Any] = []
-        for tag, message in delivered:
-            encoded = encode(message)
+        for tag, message, wire in delivered:
+            encoded = wire or encode(message)
             tags.append(tag)
             counts.append(len(encoded))
             out.extend(encoded)

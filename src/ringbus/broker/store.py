@@ -7,7 +7,7 @@ survive a restart):
 kind   name        payload
 =====  ==========  ==============================================================
 1      DECLARE     [name, options map, binding or nil]
-2      ENQUEUE     [queue, seq, ready_at, expires_at, dedup_id, deliveries, header, body]
+2      ENQUEUE     [queue, seq, ready_at, expires_at, dedup_id, deliveries, header, body or nil (inline)]
 3      REMOVE      [queue, seq]           acked, dead-lettered or dropped
 4      REQUEUE     [queue, seq, deliveries, ready_at]
 5      PUBLISH     [offset, published_at, header, body]   retained topic message
@@ -68,7 +68,8 @@ class Store:
 
     # -- Journal ---------------------------------------------------------------------------------------------
     def enqueued(self, queue: Queue, entry: Entry) -> None:
-        header, body = encode(entry.message, inline_max=-1)
+        wire = entry.wire or encode(entry.message)
+        header, body = wire[0], (wire[1] if len(wire) > 1 else None)
         now_mono = time.monotonic()
         now = time.time()
         ready = now + (entry.ready_at - now_mono) if entry.ready_at > now_mono else None
@@ -185,13 +186,15 @@ class Store:
                 log.error("message %d of undeclared queue %r at lsn %d was skipped", seq, name, lsn)
                 continue
             try:
-                message = decode([header, body])
+                frames = [header] if body is None else [header, body]
+                message = decode(frames)
             except ProtocolError as exc:
                 bad += 1
                 log.error("message %d of queue %r at lsn %d does not decode and was skipped: %s", seq, name, lsn, exc)
                 continue
             entry = Entry(seq, message, now_mono + (ready - now if ready else 0.0),
                           None if expires is None else now_mono + (expires - now), deliveries, dedup_id, lsn)
+            entry.wire = frames
             queues.restore(name, entry)
             heapq.heappush(self._live, lsn)
             restored += 1

@@ -46,6 +46,32 @@ _SCHEMES = ("tcp://", "ipc://", "inproc://")
 # Plain ints: pyzmq's flag enums cost about a microsecond per `|` on the hot path.
 _NOBLOCK = int(zmq.NOBLOCK)
 _RCVMORE = int(zmq.RCVMORE)
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def recv_nowait(sock: zmq.Socket[Any]) -> list[bytes] | None:
+    """One whole multipart message as bytes frames, or None if none is waiting.
+
+    pyzmq's recv_multipart builds enum flags on every call (measured: 7 enum
+    constructions per message, a fifth of a broker's receive cost); plain ints do not.
+    """
+    try:
+        frames = [sock.recv(_NOBLOCK)]
+    except zmq.Again:
+        return None
+    get, recv = sock.get, sock.recv
+    while get(_RCVMORE):
+        frames.append(recv(_NOBLOCK))  # libzmq delivers a message whole: the rest is here
+    return frames
+
+
+def send_frames(sock: zmq.Socket[Any], frames: list[Any], *, block: bool = False) -> None:
+    """Send a multipart message (without blocking unless asked: zmq.Again at the HWM); int flags, copying sends."""
+    send = sock.send
+    flags = 0 if block else _NOBLOCK
+    last = len(frames) - 1
+    for i, frame in enumerate(frames):
+        send(frame, flags | _SNDMORE if i < last else flags)
 # Only the ROUTER can report "writable" and still refuse a send (the one peer we
 # address is full while others are not); these bound the sleep between retries.
 _BACKOFF_FIRST = 0.001

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from typing import Any, Iterator
 from urllib.parse import urlsplit
 
@@ -44,6 +45,7 @@ _replace = msgspec.structs.replace
 
 SUBSCRIBER_BUFFER = 10_000  # messages an ephemeral subscriber may lag before it drops
 SERVICE_BACKLOG = 10_000  # requests waiting for a server of one service
+FETCH_BATCH = 64  # deliveries a consume loop takes per lock
 
 
 class _Namespace:
@@ -259,8 +261,9 @@ class MemoryBus(Bus):
             book = self._space.queues
             return [book.send(queue, message) for message in messages]
 
-    def _take(self, queue: str, timeout: float | None, consumer: _Consumer | None) -> Message | None:
-        """Wait up to ``timeout`` for a delivery from ``queue``; None if none came."""
+    def _take(self, queue: str, max_items: int, timeout: float | None,
+              consumer: _Consumer | None) -> list[Message]:
+        """Wait up to ``timeout`` for deliveries from ``queue``: up to ``max_items``, or [] if none came."""
         timeout = check_seconds("timeout", timeout)
         space = self._space
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -271,22 +274,25 @@ class MemoryBus(Bus):
             while True:
                 if self._closed:
                     raise Closed(f"bus {self.url!r} is closed")
-                delivered = book.fetch(queue, self, 1)
+                delivered = book.fetch(queue, self, max_items)
                 if delivered:
-                    tag, message, _ = delivered[0]
-                    message._settle = _Settle(self, queue, tag, consumer)
-                    return message
+                    messages = []
+                    for tag, message, _ in delivered:
+                        message._settle = _Settle(self, queue, tag, consumer)
+                        messages.append(message)
+                    return messages
                 wait = book.tick()
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0.0:
-                        return None
+                        return []
                     wait = left if wait is None else min(wait, left)
                 cond.wait(wait)
 
     def receive(self, queue: str, timeout: float | None = None) -> Message | None:
         self._check_open()
-        return self._take(queue, timeout, None)
+        messages = self._take(queue, 1, timeout, None)
+        return messages[0] if messages else None
 
     def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
         self._check_open()
@@ -301,20 +307,31 @@ class MemoryBus(Bus):
         space = self._space
         with space.lock:
             space.queues.get(queue).consumers += 1
+        buffer: deque[Message] = deque()
         try:
             while not self._closed:
+                if buffer:
+                    yield buffer.popleft()
+                    continue
                 if consumer.outstanding >= prefetch and not self._wait_credit(queue, consumer, prefetch, timeout):
                     return
-                message = self._take(queue, timeout, consumer)
-                if message is None:
+                # A batch per lock: what is taken counts against prefetch at once, seen by the loop or not.
+                messages = self._take(queue, min(prefetch - consumer.outstanding, FETCH_BATCH), timeout, consumer)
+                if not messages:
                     return
-                consumer.outstanding += 1
-                yield message
+                consumer.outstanding += len(messages)
+                buffer.extend(messages)
         except Closed:
             return
         finally:
             with space.lock:
-                found = space.queues.queues.get(queue)
+                book = space.queues
+                for message in buffer:  # taken, never handed out: back without counting an attempt
+                    try:
+                        book.unfetch(queue, message._settle.tag)
+                    except RingbusError:  # its lease ran out, or the bus closed: it is back already
+                        pass
+                found = book.queues.get(queue)
                 if found is not None:
                     found.consumers -= 1
 

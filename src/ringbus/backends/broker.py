@@ -375,11 +375,17 @@ class BrokerBus(Bus):
         for start in range(0, len(messages), SEND_CHUNK):
             frames: list[Any] = []
             counts = []
+            inline = []
             for message in messages[start:start + SEND_CHUNK]:
                 encoded = encode(message)
-                counts.append(len(encoded))
-                frames.extend(encoded)
-            rids.append(self._send_command(Command.SEND_MANY, {"queue": queue, "frames": counts}, frames))
+                if len(encoded) == 1:  # small: inside the arguments frame, not a frame of its own
+                    counts.append(0)
+                    inline.append(encoded[0])
+                else:
+                    counts.append(len(encoded))
+                    frames.extend(encoded)
+            rids.append(self._send_command(Command.SEND_MANY, {"queue": queue, "frames": counts, "inline": inline},
+                                           frames))
         ids: list[str] = []
         failure: BaseException | None = None
         for rid in rids:
@@ -398,9 +404,13 @@ class BrokerBus(Bus):
                                                      "session": self._session}, timeout=wait + self._timeout)
         messages = []
         at = 0
+        small = iter(payload.get("inline", ()))
         for tag, count in zip(payload["tags"], payload["frames"]):
-            message = decode(frames[at:at + count])
-            at += count
+            if count:
+                message = decode(frames[at:at + count])
+                at += count
+            else:
+                message = decode([next(small)])
             message._settle = _Settle(self, queue, tag, consumer)
             messages.append(message)
         return messages

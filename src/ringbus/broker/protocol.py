@@ -12,7 +12,9 @@ Broker to client::
 (payload ``{"type": ..., "message": ...}``) or ``EVT`` (an ephemeral
 subscription's message, ``request_id`` = the subscription token). Messages
 travel as :func:`ringbus.codec.encode` frames; where several follow, the map
-says how many frames each takes (``"frames": [1, 2, ...]``). An empty
+says how many frames each takes (``"frames": [1, 2, ...]``); 0 means the
+message is one small frame carried in the map's ``"inline"`` list instead
+(a batch of small messages is one frame on the wire, not one each). An empty
 ``request_id`` asks for no reply (acks). Frames that start with an empty
 delimiter and ``MDPC01``/``MDPW01`` are Majordomo (RFC 7) traffic on the same port.
 """
@@ -40,8 +42,8 @@ class Command:
     HELLO = b"HELLO"  # {session} -> {version, heartbeat}
     DECLARE = b"DECLARE"  # {name, options} -> {}
     SEND = b"SEND"  # {queue, delay, ttl, dedup_id} + message -> {id}   (after the log write under the fsync policy)
-    SEND_MANY = b"SENDN"  # {queue, frames} + messages -> {ids}
-    FETCH = b"FETCH"  # {queue, max, wait} -> {tags, frames} + messages   (waits up to wait seconds for one)
+    SEND_MANY = b"SENDN"  # {queue, frames, inline} + messages -> {ids}   (frames 0: the next of inline)
+    FETCH = b"FETCH"  # {queue, max, wait} -> {tags, frames, inline} + messages   (waits up to wait s for one)
     ACK = b"ACK"  # {queue, tags} -> nothing (empty request id)
     NACK = b"NACK"  # {queue, tag, requeue, delay} -> nothing
     REJECT = b"REJECT"  # {queue, tag} -> nothing

@@ -196,8 +196,9 @@ class Broker:
             self._loop()
         finally:
             try:
+                self._store.flush()
                 self._log.commit()
-            except RingbusError:
+            except (RingbusError, AttributeError):  # AttributeError: stopped before the store existed
                 pass
             self._log.close()
             socket = getattr(self, "_socket", None)
@@ -276,6 +277,7 @@ class Broker:
     def _commit(self) -> None:
         outbox, self._outbox = self._outbox, []
         try:
+            self._store.flush()
             self._log.commit()
         except RingbusError as exc:
             # Nothing written since the last good commit may be confirmed: every pending confirm becomes an error.
@@ -424,16 +426,23 @@ class Broker:
 
     def _send_many(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         counts = args["frames"]
-        if not isinstance(counts, list) or sum(counts) != len(frames):
-            raise ProtocolError(f"SENDN declares {counts!r} frames per message but {len(frames)} followed")
+        inline = args.get("inline", [])
+        if (not isinstance(counts, list) or not isinstance(inline, list) or sum(counts) != len(frames)
+                or counts.count(0) != len(inline)):
+            raise ProtocolError(f"SENDN declares {counts!r} frames per message and {len(inline)} inline but "
+                                f"{len(frames)} frames followed")
         queue = args["queue"]
         self.queues.get(queue)
         pieces = []
         at = 0
+        small = iter(inline)
         for count in counts:
-            wire = frames[at:at + count]
+            if count:
+                wire = frames[at:at + count]
+                at += count
+            else:
+                wire = [next(small)]
             pieces.append((decode(wire), wire))  # all decoded first: one bad message refuses the whole batch
-            at += count
         send = self.queues.send
         ids = [send(queue, message, wire=wire) for message, wire in pieces]
         self._reply(identity, rid, {"ids": ids}, confirm=True)
@@ -459,13 +468,18 @@ class Broker:
     def _deliver(self, identity: bytes, rid: bytes, delivered: list[tuple[int, Message, list[bytes] | None]]) -> None:
         tags = []
         counts = []
+        inline = []
         out: list[Any] = []
         for tag, message, wire in delivered:
             encoded = wire or encode(message)
             tags.append(tag)
-            counts.append(len(encoded))
-            out.extend(encoded)
-        self._reply(identity, rid, {"tags": tags, "frames": counts}, *out)
+            if len(encoded) == 1:  # a small message rides inside the payload: one frame for the whole batch
+                counts.append(0)
+                inline.append(encoded[0])
+            else:
+                counts.append(len(encoded))
+                out.extend(encoded)
+        self._reply(identity, rid, {"tags": tags, "frames": counts, "inline": inline}, *out)
 
     def _on_ready(self, queue: Queue) -> None:
         if queue.name in self._waiters:

@@ -8,7 +8,7 @@ kind   name        payload
 =====  ==========  ==============================================================
 1      DECLARE     [name, options map, binding or nil]
 2      ENQUEUE     [queue, seq, ready_at, expires_at, dedup_id, deliveries, header, body or nil (inline)]
-3      REMOVE      [queue, seq]           acked, dead-lettered or dropped
+3      REMOVE      [queue, [seq, ...]]    acked, dead-lettered or dropped (one record per queue per commit)
 4      REQUEUE     [queue, seq, deliveries, ready_at]
 5      PUBLISH     [offset, published_at, header, body]   retained topic message
 =====  ==========  ==============================================================
@@ -65,6 +65,7 @@ class Store:
         self.recovered_messages = 0
         self.recovered_publications = 0
         self.unlogged = 0  # settles applied in memory that a failed log could not record
+        self._removed: dict[str, list[int]] = {}
 
     # -- Journal ---------------------------------------------------------------------------------------------
     def enqueued(self, queue: Queue, entry: Entry) -> None:
@@ -82,7 +83,19 @@ class Store:
     def removed(self, queue: Queue, entry: Entry) -> None:
         if entry.lsn >= 0:
             self._dead.add(entry.lsn)
-        self._append_settle(REMOVE, (queue.name, entry.seq))
+        # Gathered and written as one record per queue just before the commit (flush): a batch of acks
+        # costs one record, not one each. Order is kept: nothing can follow a removal of the same message.
+        removed = self._removed.get(queue.name)
+        if removed is None:
+            removed = self._removed[queue.name] = []
+        removed.append(entry.seq)
+
+    def flush(self) -> None:
+        """Write the removals gathered since the last commit; the broker calls this right before committing."""
+        if self._removed:
+            for name, seqs in self._removed.items():
+                self._append_settle(REMOVE, (name, seqs))
+            self._removed = {}
 
     def requeued(self, queue: Queue, entry: Entry) -> None:
         now_mono = time.monotonic()
@@ -157,7 +170,9 @@ class Store:
                 if kind == ENQUEUE:
                     live[(record[0], record[1])] = [lsn, *record[2:]]
                 elif kind == REMOVE:
-                    live.pop((record[0], record[1]), None)
+                    name = record[0]
+                    for seq in record[1]:
+                        live.pop((name, seq), None)
                 elif kind == REQUEUE:
                     held = live.get((record[0], record[1]))
                     if held is not None:

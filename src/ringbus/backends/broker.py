@@ -117,6 +117,7 @@ class _BrokerSubscription(Subscription):
         self._bus = bus
         self._closed = False
         self._dropped = 0
+        self._broker_dropped = 0
         self._buffer: deque[Message] = deque()
         if durable:
             payload, _ = bus._call(Command.GROUP, {"pattern": pattern, "group": group, "start": start})
@@ -128,7 +129,9 @@ class _BrokerSubscription(Subscription):
             self._token = payload["token"]
             bus._subscriptions[self._token] = self
 
-    def _event(self, message: Message) -> None:
+    def _event(self, message: Message, dropped_at_broker: bytes) -> None:
+        if dropped_at_broker.isdigit():
+            self._broker_dropped = int(dropped_at_broker)
         if len(self._buffer) >= SUBSCRIBER_BUFFER:
             self._dropped += 1
             return
@@ -153,7 +156,9 @@ class _BrokerSubscription(Subscription):
 
     @property
     def dropped(self) -> int:
-        return self._dropped
+        # Lost here (our buffer was full) and at the broker (our socket was at its high-water mark); the
+        # broker's count arrives with the next message that does get through.
+        return self._dropped + self._broker_dropped
 
     def close(self) -> None:
         if self._closed:
@@ -301,7 +306,7 @@ class BrokerBus(Bus):
             if status == EVENT:
                 subscription = self._subscriptions.get(rid)
                 if subscription is not None:
-                    subscription._event(decode(frames[4:]))
+                    subscription._event(decode(frames[4:]), frames[3])
                 continue
             if rid not in self._replies:
                 continue  # the late reply to a request given up on

@@ -88,7 +88,8 @@ class _Subscriber:
 
     def deliver(self, message: Message) -> bool:
         frames = self.broker._encoded(message)
-        if self.broker._send([self.identity, SIGNATURE, EVENT, self.token, b"", *frames]):
+        # The fourth frame tells the subscriber how many it lost here so far (its `dropped` counts them).
+        if self.broker._send([self.identity, SIGNATURE, EVENT, self.token, b"%d" % self.dropped, *frames]):
             return True
         self.dropped += 1
         return False

@@ -156,3 +156,55 @@ def test_restart_keeps_queue_options_and_dead_letters(tmp_path: Path) -> None:
             dead = bus.receive("q.dlq", timeout=5)
             assert dead is not None and dead.body == b"poison"
             assert dead.headers["ringbus-dead-reason"] == "rejected"
+
+
+def test_a_delivery_in_flight_at_the_crash_counts_as_an_attempt(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/broker.sock"
+    data = tmp_path / "data"
+    with BrokerProcess(data, endpoint) as broker:
+        with BrokerBus(endpoint) as bus:
+            bus.declare_queue("q", max_attempts=2)
+            bus.send("q", b"crashes its broker")
+            assert bus.receive("q", timeout=5) is not None
+            bus.queue_stats("q")  # a round trip: the delivery was committed with the turn
+            broker.kill()
+    with BrokerProcess(data, endpoint) as broker:
+        with BrokerBus(endpoint) as bus:
+            again = bus.receive("q", timeout=5)
+            assert again is not None and again.attempts == 1
+            broker.kill()
+    with BrokerProcess(data, endpoint):
+        with BrokerBus(endpoint) as bus:
+            assert bus.receive("q", timeout=0.5) is None  # two deliveries were max_attempts
+            dead = bus.receive("q.dlq", timeout=5)
+            assert dead is not None and dead.headers["ringbus-dead-reason"] == "max_attempts"
+
+
+def test_a_body_sent_in_several_frames_survives_a_restart(tmp_path: Path) -> None:
+    import msgspec
+    import zmq
+
+    from ringbus.broker.protocol import OK, SIGNATURE, Command, pack
+
+    endpoint = f"ipc://{tmp_path}/broker.sock"
+    data = tmp_path / "data"
+    header, _ = ringbus.codec.encode(ringbus.Message(b"", id="split"), inline_max=-1)
+    envelope = msgspec.msgpack.decode(header[4:])
+    envelope[0] = 3  # three body frames follow
+    header = header[:4] + msgspec.msgpack.encode(envelope)
+    with BrokerProcess(data, endpoint) as broker:
+        with BrokerBus(endpoint) as bus:
+            bus.declare_queue("q")
+        socket = zmq.Context.instance().socket(zmq.DEALER)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.connect(endpoint)
+        try:
+            socket.send_multipart([SIGNATURE, Command.SEND, b"1", pack({"queue": "q"}), header, b"ab", b"cd", b"ef"])
+            assert socket.poll(10_000)
+            assert socket.recv_multipart()[1] == OK
+        finally:
+            socket.close()
+        broker.kill()
+    with BrokerProcess(data, endpoint):
+        received = _drain(endpoint, "q")
+    assert [(m.id, m.body) for m in received] == [("split", b"abcdef")]

@@ -10,7 +10,8 @@ Request-reply speaks Majordomo (RFC 7) to the same endpoint.
 
 Like every ZeroMQ socket, a BrokerBus belongs to the thread that made it;
 messages it delivered may be settled from any thread (the settle is handed
-to the owner, which sends it at its next call or within ``SETTLE_FLUSH``).
+to the owner thread, which sends it at its next call, or within ``SLICE``
+seconds while it waits in receive or consume).
 """
 
 from __future__ import annotations

@@ -39,20 +39,21 @@ EVENT = b"EVT"
 class Command:
     """Command names: short bytes, one handler each in the broker."""
 
-    HELLO = b"HELLO"  # {session} -> {version, heartbeat}
-    DECLARE = b"DECLARE"  # {name, options} -> {}
+    HELLO = b"HELLO"  # {session} -> {version, heartbeat, liveness}
+    DECLARE = b"DECLARE"  # {name, options} -> {created}
     SEND = b"SEND"  # {queue, delay, ttl, dedup_id} + message -> {id}   (after the log write under the fsync policy)
     SEND_MANY = b"SENDN"  # {queue, frames, inline} + messages -> {ids}   (frames 0: the next of inline)
     FETCH = b"FETCH"  # {queue, max, wait} -> {tags, frames, inline} + messages   (waits up to wait s for one)
-    ACK = b"ACK"  # {queue, tags} -> nothing (empty request id)
-    NACK = b"NACK"  # {queue, tag, requeue, delay} -> nothing
-    REJECT = b"REJECT"  # {queue, tag} -> nothing
-    RELEASE = b"REL"  # {queue, tags} -> nothing: prefetched, never handed to the application; not an attempt
+    # Settles: usually sent with an empty request id (no reply); with one, the reply is {stale: n}.
+    ACK = b"ACK"  # {queue, tags}
+    NACK = b"NACK"  # {queue, tags, requeue, delay}
+    REJECT = b"REJECT"  # {queue, tags}
+    RELEASE = b"REL"  # {queue, tags}: prefetched, never handed to the application; not an attempt
     PUBLISH = b"PUB"  # {topic} + message -> {id}
     SUBSCRIBE = b"SUB"  # {pattern, group} -> {token}; then EVT messages
     UNSUBSCRIBE = b"UNSUB"  # {token} -> {}
     GROUP = b"GROUP"  # {pattern, group, start} -> {queue}: a durable subscription group's queue
-    CONSUMERS = b"CONS"  # {queue, delta} -> nothing: consume iterators attached (+1) or gone (-1)
+    CONSUMERS = b"CONS"  # {queue, delta, session} -> {}: consume iterators attached (+1) or gone (-1)
     STATS = b"STATS"  # {queue} -> QueueStats fields
     QUEUES = b"QUEUES"  # {} -> {queues}
     BROKER = b"BROKER"  # {} -> broker-wide figures (`ringbus stats`)

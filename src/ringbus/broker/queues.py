@@ -38,6 +38,8 @@ __all__ = ["QueueBook", "Queue", "Entry", "Journal", "DEAD_REASON", "DEAD_FROM",
 DEAD_REASON = "ringbus-dead-reason"
 DEAD_FROM = "ringbus-dead-from"
 
+RATE_WINDOW = 10.0  # seconds over which queue_stats measures send and ack rates
+
 # Entry.state
 WAITING, DELAYED, BLOCKED, IN_FLIGHT, GONE = range(5)
 
@@ -81,6 +83,9 @@ class Journal(Protocol):
     def requeued(self, queue: Queue, entry: Entry) -> None:
         """``entry`` went back to waiting with a new ``deliveries`` count and ``ready_at``."""
 
+    def delivered(self, queue: Queue, entry: Entry) -> None:
+        """``entry`` was delivered (its ``deliveries`` grew): a crash now must still count the attempt."""
+
 
 class Queue:
     """One queue's messages. Use through :class:`QueueBook`, which routes dead letters between queues."""
@@ -106,7 +111,7 @@ class Queue:
         self._tags = itertools.count(1)
         self.consumers = 0
         self.sent = self.acked = self.redelivered = self.dead_lettered = self.expired = self.deduplicated = 0
-        self._samples: deque[tuple[float, int, int]] = deque(maxlen=12)
+        self._samples: deque[tuple[float, int, int]] = deque()
 
     # -- sizes -------------------------------------------------------------------------------------------------
     @property
@@ -202,8 +207,12 @@ class Queue:
 
     def stats(self, now: float) -> QueueStats:
         send_rate = ack_rate = 0.0
-        self._samples.append((now, self.sent, self.acked))
-        first = self._samples[0]
+        samples = self._samples
+        if not samples or now - samples[-1][0] >= 1.0:  # one sample a second, the last ~10 s
+            samples.append((now, self.sent, self.acked))
+        while len(samples) > 1 and now - samples[0][0] > RATE_WINDOW:
+            samples.popleft()
+        first = samples[0]
         if now - first[0] > 0.0:
             send_rate = (self.sent - first[1]) / (now - first[0])
             ack_rate = (self.acked - first[2]) / (now - first[0])
@@ -301,13 +310,13 @@ class QueueBook:
         entry = Entry(queue.next_seq(), message, now + delay if delay else now,
                       now + ttl if ttl is not None else None, dedup_id=dedup_id)
         entry.wire = wire
+        if options.durable and self._journal is not None:
+            self._journal.enqueued(queue, entry)  # first: if the log refuses it, nothing below happened
         if dedup_id is not None and options.dedup_window > 0:
             expires = now + options.dedup_window
             queue._dedup[dedup_id] = (expires, message.id)
             queue._dedup_order.append((expires, dedup_id))
         queue.sent += 1
-        if options.durable and self._journal is not None:
-            self._journal.enqueued(queue, entry)
         queue._place(entry, now)
         if entry.state == WAITING and self._on_ready is not None:
             self._on_ready(queue)
@@ -323,6 +332,10 @@ class QueueBook:
             queue._dedup[entry.dedup_id] = (expires, entry.message.id)
             queue._dedup_order.append((expires, entry.dedup_id))
         queue._place(entry, now)
+        if entry.deliveries >= queue.options.max_attempts:
+            # Delivered max_attempts times and never settled (the broker went down each time): what a lease
+            # running out would have done.
+            self._dead_letter(queue, entry, "max_attempts", now)
 
     # -- receiving -------------------------------------------------------------------------------------------------
     def fetch(self, name: str, holder: Hashable, max_items: int) -> list[Delivery]:
@@ -333,6 +346,7 @@ class QueueBook:
         out: list[Delivery] = []
         ready = queue._ready
         vt = queue.options.visibility_timeout
+        journal = self._journal if queue.options.durable else None
         while len(out) < max_items and queue._ready_count:
             try:
                 entry = ready.get_nowait()
@@ -360,6 +374,8 @@ class QueueBook:
                 message = _replace(message, attempts=entry.deliveries)
                 wire = None
             entry.deliveries += 1
+            if journal is not None:
+                journal.delivered(queue, entry)
             out.append((tag, message, wire))
         return out
 

@@ -42,6 +42,7 @@ DEFAULT_ENDPOINT = "tcp://127.0.0.1:5555"
 BATCH = 512  # commands taken per turn before a commit: bounds confirm latency under load
 MAX_WAIT = 0.1  # seconds the loop sleeps at most (notices stop() this fast)
 MAX_FETCH = 10_000
+MDP_HEARTBEAT = 2.5  # seconds; MajordomoWorker's default too
 
 _MDP_HEADERS = (b"MDPC01", b"MDPW01")
 
@@ -140,7 +141,7 @@ class Broker:
         self.endpoint = bind
         self.counters: dict[str, int] = dict.fromkeys(
             ("commands", "malformed", "unknown_command", "errors", "undeliverable", "sessions_expired",
-             "unlogged", "confirms"), 0)
+             "confirms", "stale_settles"), 0)
         self.recovered: dict[str, int] = {}
 
     # -- lifetime ---------------------------------------------------------------------------------------------
@@ -207,7 +208,10 @@ class Broker:
                 socket.close(linger=0)
 
     def _setup(self) -> None:
-        self._ready_queues: set[str] = set()
+        self._ready_queues: set[str] = set()  # before recovery: recovering may make queues ready
+        self._waiters: dict[str, deque[_Waiter]] = {}
+        self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
+        self._waiter_ids = itertools.count()
         self._store = Store(self._log)
         self.queues = QueueBook(journal=self._store, on_ready=self._on_ready)
         self.topics = TopicBook(self.queues, on_publish=self._store.published, retention_seconds=self._retention[0],
@@ -216,9 +220,6 @@ class Broker:
         self.recovered = self._store.recover(self.queues, self.topics)
         self._log.commit()
         log.info("broker recovered %s from %s", self.recovered, self.data)
-        self._waiters: dict[str, deque[_Waiter]] = {}
-        self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
-        self._waiter_ids = itertools.count()
         self._sessions: dict[str, _Session] = {}
         self._subscribers: dict[bytes, tuple[int, str]] = {}  # token -> (topic book token, session)
         self._encoded_cache: tuple[Message | None, list[Any]] = (None, [])
@@ -231,8 +232,8 @@ class Broker:
         socket.setsockopt(zmq.RCVHWM, 100_000)
         socket.bind(self.bind_address)
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.majordomo = Majordomo(self._send_mdp, heartbeat_interval=max(self.heartbeat, 0.5) * 2.5,
-                                   liveness=self.liveness)
+        # MDP peers of others' making beat every 2.5 s (the zguide's default) whatever our own clients do.
+        self.majordomo = Majordomo(self._send_mdp, heartbeat_interval=MDP_HEARTBEAT, liveness=3)
         self._handlers: dict[bytes, Callable[[bytes, bytes, dict[str, Any], list[Any]], None]] = {
             Command.HELLO: self._hello, Command.DECLARE: self._declare, Command.SEND: self._send_one,
             Command.SEND_MANY: self._send_many, Command.FETCH: self._fetch, Command.ACK: self._ack,
@@ -396,8 +397,9 @@ class Broker:
             self.topics.remove(book_token)
         for waiters in self._waiters.values():
             for waiter in waiters:
-                if waiter.session == name:
+                if waiter.session == name and not waiter.done:
                     waiter.done = True
+                    self._deliver(waiter.identity, waiter.rid, [])  # if it is still there, it hears at once
         if released:
             log.info("session %s ended with %d unsettled message(s); they are queued again", name, released)
 
@@ -526,41 +528,32 @@ class Broker:
         return args["queue"], tags
 
     def _ack(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        self._settle_each(identity, rid, args, self.queues.ack)
+
+    def _nack(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        delay = check_seconds("delay", args.get("delay"))
+        requeue = bool(args.get("requeue", True))
+        self._settle_each(identity, rid, args, lambda q, tag: self.queues.nack(q, tag, requeue=requeue, delay=delay))
+
+    def _reject(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        self._settle_each(identity, rid, args, self.queues.reject)
+
+    def _settle_each(self, identity: bytes, rid: bytes, args: dict[str, Any],
+                     settle: Callable[[str, int], None]) -> None:
+        """Apply ``settle`` to every tag; a stale tag (lease ran out) is counted and does not stop the rest."""
         queue, tags = self._settle_args(args)
+        self.queues.get(queue)
         stale = 0
         for tag in tags:
             try:
-                self.queues.ack(queue, tag)
-            except NotFound:
-                raise
+                settle(queue, tag)
             except RingbusError:
                 stale += 1
-        self.counters["stale_settles"] = self.counters.get("stale_settles", 0) + stale
+        self.counters["stale_settles"] += stale
         self._reply(identity, rid, {"stale": stale}, confirm=True)
 
-    def _nack(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
-        queue, tags = self._settle_args(args)
-        delay = check_seconds("delay", args.get("delay"))
-        for tag in tags:
-            self.queues.nack(queue, tag, requeue=bool(args.get("requeue", True)), delay=delay)
-        self._reply(identity, rid, {}, confirm=True)
-
-    def _reject(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
-        queue, tags = self._settle_args(args)
-        for tag in tags:
-            self.queues.reject(queue, tag)
-        self._reply(identity, rid, {}, confirm=True)
-
     def _release(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
-        queue, tags = self._settle_args(args)
-        for tag in tags:
-            try:
-                self.queues.unfetch(queue, tag)
-            except NotFound:
-                raise
-            except RingbusError:  # its lease ran out meanwhile: already back in the queue
-                pass
-        self._reply(identity, rid, {}, confirm=True)
+        self._settle_each(identity, rid, args, self.queues.unfetch)
 
     def _consumers(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         session = self._session(args["session"])
@@ -571,6 +564,7 @@ class Broker:
             return
         session.consumers[queue.name] = held + delta
         queue.consumers += delta
+        self._reply(identity, rid, {})
 
     def _stats(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         stats = self.queues.stats(args["queue"])
@@ -584,7 +578,9 @@ class Broker:
         self._reply(identity, rid, {
             "queues": queues, "topics": self.topics.stats(), "services": self.majordomo.stats(),
             "log": {k: v for k, v in self._log.stats().items() if isinstance(v, (int, float, str, bool))},
-            "counters": dict(self.counters), "sessions": len(self._sessions), "recovered": self.recovered,
+            "counters": {**self.counters, "unlogged": self._store.unlogged,
+                         "dropped_dead_letters": self.queues.dropped_dead_letters},
+            "sessions": len(self._sessions), "recovered": self.recovered,
             "data": str(self.data), "fsync": self.fsync,
         })
 

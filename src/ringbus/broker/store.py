@@ -11,6 +11,7 @@ kind   name        payload
 3      REMOVE      [queue, [seq, ...]]    acked, dead-lettered or dropped (one record per queue per commit)
 4      REQUEUE     [queue, seq, deliveries, ready_at]
 5      PUBLISH     [offset, published_at, header, body]   retained topic message
+6      DELIVERED   [queue, [[seq, deliveries], ...]]      attempts made (one record per queue per commit)
 =====  ==========  ==============================================================
 
 A message is live from its ENQUEUE until its REMOVE. Compaction deletes whole
@@ -41,11 +42,11 @@ if TYPE_CHECKING:
     from ringbus.broker.topics import TopicBook
     from ringbus.message import Message
 
-__all__ = ["Store", "DECLARE", "ENQUEUE", "REMOVE", "REQUEUE", "PUBLISH"]
+__all__ = ["Store", "DECLARE", "ENQUEUE", "REMOVE", "REQUEUE", "PUBLISH", "DELIVERED"]
 
 log = logging.getLogger("ringbus.broker.store")
 
-DECLARE, ENQUEUE, REMOVE, REQUEUE, PUBLISH = 1, 2, 3, 4, 5
+DECLARE, ENQUEUE, REMOVE, REQUEUE, PUBLISH, DELIVERED = 1, 2, 3, 4, 5, 6
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list).decode
@@ -66,10 +67,13 @@ class Store:
         self.recovered_publications = 0
         self.unlogged = 0  # settles applied in memory that a failed log could not record
         self._removed: dict[str, list[int]] = {}
+        self._delivered: dict[str, list[tuple[int, int]]] = {}
 
     # -- Journal ---------------------------------------------------------------------------------------------
     def enqueued(self, queue: Queue, entry: Entry) -> None:
-        wire = entry.wire or encode(entry.message)
+        wire = entry.wire
+        if not wire or len(wire) > 2:  # a body sent in several frames is stored as one
+            wire = encode(entry.message)
         header, body = wire[0], (wire[1] if len(wire) > 1 else None)
         now_mono = time.monotonic()
         now = time.time()
@@ -90,8 +94,18 @@ class Store:
             removed = self._removed[queue.name] = []
         removed.append(entry.seq)
 
+    def delivered(self, queue: Queue, entry: Entry) -> None:
+        held = self._delivered.get(queue.name)
+        if held is None:
+            held = self._delivered[queue.name] = []
+        held.append((entry.seq, entry.deliveries))
+
     def flush(self) -> None:
-        """Write the removals gathered since the last commit; the broker calls this right before committing."""
+        """Write the deliveries and removals gathered since the last commit; called right before committing."""
+        if self._delivered:
+            for name, attempts in self._delivered.items():
+                self._append_settle(DELIVERED, (name, attempts))
+            self._delivered = {}
         if self._removed:
             for name, seqs in self._removed.items():
                 self._append_settle(REMOVE, (name, seqs))
@@ -133,6 +147,8 @@ class Store:
             for name, (options, binding) in self._declared.items():
                 self.log.append(DECLARE, _encode((name, options, binding)))
             if len(segments) > 1:
+                # The DECLAREs must be on disk before the segments that held the old ones go.
+                self.log.commit()
                 self.compact()
 
     def compact(self) -> int:
@@ -176,8 +192,14 @@ class Store:
                 elif kind == REQUEUE:
                     held = live.get((record[0], record[1]))
                     if held is not None:
-                        held[4] = record[2]  # deliveries
+                        held[4] = max(held[4], record[2])  # deliveries (a count only grows)
                         held[1] = record[3]  # ready_at
+                elif kind == DELIVERED:
+                    name = record[0]
+                    for seq, deliveries in record[1]:
+                        held = live.get((name, seq))
+                        if held is not None:
+                            held[4] = max(held[4], deliveries)
                 elif kind == DECLARE:
                     declared[record[0]] = (record[1], record[2])
                 elif kind == PUBLISH:

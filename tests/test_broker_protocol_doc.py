@@ -174,7 +174,7 @@ def test_limits_and_on_disk_format_match_the_code() -> None:
     assert segment_log.FILE_HEADER == b"RBLOG" + bytes((1, 0, 0))
     assert segment_log.RECORD_HEADER.format == "<IIB"
     kinds = dict(re.findall(r"^\| (\d) \| ([A-Z]+) \|", part, re.MULTILINE))
-    assert kinds == {str(getattr(store, name)): name for name in ("DECLARE", "ENQUEUE", "REMOVE", "REQUEUE", "PUBLISH")}
+    assert kinds == {str(getattr(store, name)): name for name in ("DECLARE", "ENQUEUE", "REMOVE", "REQUEUE", "PUBLISH", "DELIVERED")}
 
 
 def run_guide_block(marker: str, endpoint: str) -> dict[str, Any]:

@@ -326,6 +326,11 @@ class Bus(ABC):
                 headers: dict[str, HeaderValue] | None = None, key: str | None = None) -> str:
         """Publish ``body`` on ``topic`` (dot-separated words) to every matching subscription; return its id."""
 
+    def publish_many(self, topic: str, bodies: Iterable[bytes | bytearray | memoryview | Message]) -> list[str]:
+        """Publish several messages on ``topic`` in order; return their ids. Backends override this with one
+        round trip (and, on the broker, one log commit)."""
+        return [self.publish(topic, body) for body in bodies]
+
     @abstractmethod
     def subscribe(self, pattern: str, *, group: str | None = None, durable: bool = False,
                   start: Start = "latest") -> Subscription:

@@ -48,7 +48,7 @@ def _broker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     broker = Broker(args.data, args.bind, fsync=args.fsync, heartbeat=args.heartbeat,
                     retention_seconds=args.retention_hours * 3600.0,
-                    retention_bytes=int(args.retention_mb * 1024 * 1024))
+                    retention_bytes=int(args.retention_mb * 1024 * 1024), peer_hwm=args.peer_hwm)
 
     def stop(signum: int, frame: object) -> None:
         broker.stop(timeout=0)
@@ -118,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how long topics keep publications for replay (start='earliest'; default 24)")
     broker.add_argument("--retention-mb", type=float, default=64.0,
                         help="most megabytes of publications topics keep for replay (default 64)")
+    broker.add_argument("--peer-hwm", type=int, default=100_000,
+                        help="messages queued towards one client; a slower ephemeral subscriber drops (default 100000)")
     broker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     broker.set_defaults(handler=_broker)
 

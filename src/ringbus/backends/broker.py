@@ -28,8 +28,30 @@ import zmq
 
 from ringbus.backends._common import as_message, check_prefetch, check_subscription, reply_message
 from ringbus.broker.mdp_client import MajordomoClient, MajordomoWorker, ServiceError
-from ringbus.broker.protocol import ERR, EVENT, OK, SIGNATURE, Command, pack, raise_error, unpack
-from ringbus.bus import Bus, Handler, Overflow, QueueOptions, QueueStats, Start, Subscription, check_name, check_seconds
+from ringbus.broker.protocol import (
+    ERR,
+    EVENT,
+    OK,
+    SIGNATURE,
+    Command,
+    batch_frames,
+    pack,
+    raise_error,
+    split_batch,
+    unpack,
+)
+from ringbus.bus import (
+    Bus,
+    Handler,
+    Overflow,
+    QueueOptions,
+    QueueStats,
+    Start,
+    Subscription,
+    check_name,
+    check_seconds,
+    check_topic,
+)
 from ringbus.codec import decode, encode
 from ringbus.errors import Closed, Empty, PeerGone, RingbusError
 from ringbus.message import HeaderValue, Message, new_id
@@ -157,8 +179,14 @@ class _BrokerSubscription(Subscription):
 
     @property
     def dropped(self) -> int:
-        # Lost here (our buffer was full) and at the broker (our socket was at its high-water mark); the
-        # broker's count arrives with the next message that does get through.
+        """Lost here (our buffer was full) and at the broker (our socket at its high-water mark).
+
+        For an ephemeral subscription this asks the broker (a round trip) from the thread that owns the bus;
+        from another thread it gives the last count the broker sent along with a message.
+        """
+        if not self.durable and not self._closed and threading.get_ident() == self._bus._owner:
+            payload, _ = self._bus._call(Command.SUBSCRIPTION, {"token": self._token})
+            self._broker_dropped = max(self._broker_dropped, int(payload["dropped"]))
         return self._dropped + self._broker_dropped
 
     def close(self) -> None:
@@ -209,11 +237,15 @@ class BrokerBus(Bus):
     timeout : float
         Seconds to wait for the broker to answer a command (a confirm, a stats call) before raising
         :class:`ringbus.PeerGone`; the command may or may not have taken effect - resend with a ``dedup_id``.
+    hwm : int
+        Messages this connection queues each way (ZeroMQ high-water mark). With the broker's ``peer_hwm`` it
+        bounds how far an ephemeral subscription may fall behind before the broker drops for it.
     """
 
     unsupported_features: frozenset[str] = frozenset()
 
-    def __init__(self, url: str, *, timeout: float = 30.0, context: zmq.Context[Any] | None = None) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, hwm: int = 100_000,
+                 context: zmq.Context[Any] | None = None) -> None:
         self.url = url
         self._timeout = check_seconds("timeout", timeout, allow_zero=False)
         self._heartbeat_interval = 1.0  # until the broker's HELLO says otherwise
@@ -224,8 +256,10 @@ class BrokerBus(Bus):
         self._rids = itertools.count(1)
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.SNDHWM, 100_000)
-        self._socket.setsockopt(zmq.RCVHWM, 100_000)
+        if isinstance(hwm, bool) or not isinstance(hwm, int) or hwm < 1:
+            raise ValueError(f"hwm must be an int >= 1, got {hwm!r}")
+        self._socket.setsockopt(zmq.SNDHWM, hwm)
+        self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.connect(url)
         self._replies: dict[bytes, tuple[dict[str, Any], list[bytes]] | None] = {}
         self._subscriptions: dict[bytes, _BrokerSubscription] = {}
@@ -379,17 +413,7 @@ class BrokerBus(Bus):
         messages = [as_message(body) for body in bodies]
         rids = []
         for start in range(0, len(messages), SEND_CHUNK):
-            frames: list[Any] = []
-            counts = []
-            inline = []
-            for message in messages[start:start + SEND_CHUNK]:
-                encoded = encode(message)
-                if len(encoded) == 1:  # small: inside the arguments frame, not a frame of its own
-                    counts.append(0)
-                    inline.append(encoded[0])
-                else:
-                    counts.append(len(encoded))
-                    frames.extend(encoded)
+            counts, inline, frames = batch_frames([encode(m) for m in messages[start:start + SEND_CHUNK]])
             rids.append(self._send_command(Command.SEND_MANY, {"queue": queue, "frames": counts, "inline": inline},
                                            frames))
         ids: list[str] = []
@@ -409,14 +433,8 @@ class BrokerBus(Bus):
         payload, frames = self._call(Command.FETCH, {"queue": queue, "max": max_items, "wait": wait,
                                                      "session": self._session}, timeout=wait + self._timeout)
         messages = []
-        at = 0
-        small = iter(payload.get("inline", ()))
-        for tag, count in zip(payload["tags"], payload["frames"]):
-            if count:
-                message = decode(frames[at:at + count])
-                at += count
-            else:
-                message = decode([next(small)])
+        for tag, wire in zip(payload["tags"], split_batch(payload["frames"], payload.get("inline", []), frames)):
+            message = decode(wire)
             message._settle = _Settle(self, queue, tag, consumer)
             messages.append(message)
         return messages
@@ -495,12 +513,19 @@ class BrokerBus(Bus):
     def publish(self, topic: str, body: bytes | bytearray | memoryview | Message, *,
                 headers: dict[str, HeaderValue] | None = None, key: str | None = None) -> str:
         self._check_open()
-        from ringbus.bus import check_topic
-
         check_topic(topic)
         message = as_message(body, key=key, headers=headers)
         payload, _ = self._call(Command.PUBLISH, {"topic": topic}, encode(message))
         return payload["id"]  # type: ignore[no-any-return]
+
+    def publish_many(self, topic: str, bodies: Any) -> list[str]:
+        self._check_open()
+        check_topic(topic)
+        counts, inline, frames = batch_frames([encode(as_message(body)) for body in bodies])
+        if not counts:
+            return []
+        payload, _ = self._call(Command.PUBLISH, {"topic": topic, "frames": counts, "inline": inline}, frames)
+        return payload["ids"]  # type: ignore[no-any-return]
 
     def subscribe(self, pattern: str, *, group: str | None = None, durable: bool = False,
                   start: Start = "latest") -> Subscription:

@@ -27,7 +27,8 @@ import msgspec
 
 from ringbus.errors import Empty, Full, NotFound, ProtocolError, RingbusError, Unsupported
 
-__all__ = ["SIGNATURE", "Command", "OK", "ERR", "EVENT", "error_payload", "raise_error", "pack", "unpack"]
+__all__ = ["SIGNATURE", "Command", "OK", "ERR", "EVENT", "error_payload", "raise_error", "pack", "unpack",
+           "batch_frames", "split_batch"]
 
 SIGNATURE = b"RBB1"
 
@@ -49,9 +50,10 @@ class Command:
     NACK = b"NACK"  # {queue, tags, requeue, delay}
     REJECT = b"REJECT"  # {queue, tags}
     RELEASE = b"REL"  # {queue, tags}: prefetched, never handed to the application; not an attempt
-    PUBLISH = b"PUB"  # {topic} + message -> {id}
+    PUBLISH = b"PUB"  # {topic} + message -> {id}; or {topic, frames, inline} + messages -> {ids}
     SUBSCRIBE = b"SUB"  # {pattern, group} -> {token}; then EVT messages
     UNSUBSCRIBE = b"UNSUB"  # {token} -> {}
+    SUBSCRIPTION = b"SUBST"  # {token} -> {dropped}: what the broker lost for this subscriber
     GROUP = b"GROUP"  # {pattern, group, start} -> {queue}: a durable subscription group's queue
     CONSUMERS = b"CONS"  # {queue, delta, session} -> {}: consume iterators attached (+1) or gone (-1)
     STATS = b"STATS"  # {queue} -> QueueStats fields
@@ -102,3 +104,41 @@ def raise_error(payload: dict[str, Any]) -> None:
     """Raise the exception an ERR payload describes."""
     kind = _ERRORS.get(str(payload.get("type")), RingbusError)
     raise kind(str(payload.get("message", "the broker refused the request")))
+
+
+def batch_frames(encoded: list[list[Any]]) -> tuple[list[int], list[Any], list[Any]]:
+    """Lay out several encoded messages: (frame counts, inline frames, other frames).
+
+    A one-frame (small) message rides in the ``inline`` list of the arguments map (count 0): a batch of small
+    messages is one ZeroMQ frame, not one each.
+    """
+    counts: list[int] = []
+    inline: list[Any] = []
+    frames: list[Any] = []
+    for message in encoded:
+        if len(message) == 1:
+            counts.append(0)
+            inline.append(message[0])
+        else:
+            counts.append(len(message))
+            frames.extend(message)
+    return counts, inline, frames
+
+
+def split_batch(counts: object, inline: object, frames: list[Any]) -> list[list[Any]]:
+    """The frames of each message of a batch laid out by :func:`batch_frames`; ProtocolError if they disagree."""
+    if (not isinstance(counts, list) or not isinstance(inline, list)
+            or not all(type(c) is int and c >= 0 for c in counts)
+            or sum(counts) != len(frames) or counts.count(0) != len(inline)):
+        raise ProtocolError(f"a batch declares {counts!r} frames per message and {len(inline) if isinstance(inline, list) else inline!r} "
+                            f"inline, but {len(frames)} frames followed")
+    out = []
+    at = 0
+    small = iter(inline)
+    for count in counts:
+        if count:
+            out.append(frames[at:at + count])
+            at += count
+        else:
+            out.append([next(small)])
+    return out

@@ -24,7 +24,18 @@ import zmq
 
 from ringbus.broker.log import SegmentedLog
 from ringbus.broker.majordomo import Majordomo
-from ringbus.broker.protocol import ERR, EVENT, OK, SIGNATURE, Command, error_payload, pack, unpack
+from ringbus.broker.protocol import (
+    ERR,
+    EVENT,
+    OK,
+    SIGNATURE,
+    Command,
+    batch_frames,
+    error_payload,
+    pack,
+    split_batch,
+    unpack,
+)
 from ringbus.broker.queues import Queue, QueueBook
 from ringbus.broker.store import Store
 from ringbus.broker.topics import TopicBook
@@ -115,13 +126,16 @@ class Broker:
         messages are delivered again.
     retention_seconds, retention_bytes : float, int
         How long and how much topics keep their publications for a durable group that starts at "earliest".
+    peer_hwm : int
+        Messages queued towards one client before more are refused: an ephemeral subscriber that falls this
+        far behind loses what follows (counted in its ``dropped``), so a slow subscriber costs bounded memory.
     """
 
     def __init__(self, data: str | os.PathLike[str] | None = None, bind: str = DEFAULT_ENDPOINT, *,
                  fsync: str = "batch", heartbeat: float = 1.0, liveness: int = 3,
                  segment_bytes: int = 64 * 1024 * 1024, max_message: int = 64 * 1024 * 1024,
                  retention_seconds: float = 24 * 3600.0, retention_bytes: int = 64 * 1024 * 1024,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 peer_hwm: int = 100_000, context: zmq.Context[Any] | None = None) -> None:
         if fsync not in ("always", "batch", "never"):
             raise ValueError(f"fsync must be 'always', 'batch' or 'never', got {fsync!r}")
         check_seconds("heartbeat", heartbeat, allow_zero=False)
@@ -132,6 +146,9 @@ class Broker:
         self.liveness = int(liveness)
         self._segment_bytes = segment_bytes
         self._retention = (float(retention_seconds), int(retention_bytes))
+        if isinstance(peer_hwm, bool) or not isinstance(peer_hwm, int) or peer_hwm < 1:
+            raise ValueError(f"peer_hwm must be an int >= 1, got {peer_hwm!r}")
+        self._peer_hwm = peer_hwm
         self._max_message = max_message
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
@@ -221,14 +238,14 @@ class Broker:
         self._log.commit()
         log.info("broker recovered %s from %s", self.recovered, self.data)
         self._sessions: dict[str, _Session] = {}
-        self._subscribers: dict[bytes, tuple[int, str]] = {}  # token -> (topic book token, session)
+        self._subscribers: dict[bytes, tuple[int, str, _Subscriber]] = {}  # token -> (book token, session, it)
         self._encoded_cache: tuple[Message | None, list[Any]] = (None, [])
         self._outbox: list[tuple[list[Any], bool]] = []
         socket = self._socket = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or vanished peer raises instead of dropping silently
         socket.setsockopt(zmq.MAXMSGSIZE, self._max_message + 64 * 1024)  # refuse a huge frame before allocating
-        socket.setsockopt(zmq.SNDHWM, 100_000)
+        socket.setsockopt(zmq.SNDHWM, self._peer_hwm)
         socket.setsockopt(zmq.RCVHWM, 100_000)
         socket.bind(self.bind_address)
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -239,6 +256,7 @@ class Broker:
             Command.SEND_MANY: self._send_many, Command.FETCH: self._fetch, Command.ACK: self._ack,
             Command.NACK: self._nack, Command.REJECT: self._reject, Command.RELEASE: self._release, Command.PUBLISH: self._publish,
             Command.SUBSCRIBE: self._subscribe, Command.UNSUBSCRIBE: self._unsubscribe,
+            Command.SUBSCRIPTION: self._subscription,
             Command.GROUP: self._group, Command.CONSUMERS: self._consumers, Command.STATS: self._stats,
             Command.QUEUES: self._queues, Command.BROKER: self._broker_stats, Command.HEARTBEAT: self._heartbeat,
             Command.BYE: self._bye,
@@ -392,8 +410,8 @@ class Broker:
             queue = self.queues.queues.get(queue_name)
             if queue is not None:
                 queue.consumers = max(0, queue.consumers - count)
-        for token in [t for t, (_, owner) in self._subscribers.items() if owner == name]:
-            book_token, _ = self._subscribers.pop(token)
+        for token in [t for t, (_, owner, _) in self._subscribers.items() if owner == name]:
+            book_token = self._subscribers.pop(token)[0]
             self.topics.remove(book_token)
         for waiters in self._waiters.values():
             for waiter in waiters:
@@ -428,24 +446,10 @@ class Broker:
             self._commit()
 
     def _send_many(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
-        counts = args["frames"]
-        inline = args.get("inline", [])
-        if (not isinstance(counts, list) or not isinstance(inline, list) or sum(counts) != len(frames)
-                or counts.count(0) != len(inline)):
-            raise ProtocolError(f"SENDN declares {counts!r} frames per message and {len(inline)} inline but "
-                                f"{len(frames)} frames followed")
         queue = args["queue"]
         self.queues.get(queue)
-        pieces = []
-        at = 0
-        small = iter(inline)
-        for count in counts:
-            if count:
-                wire = frames[at:at + count]
-                at += count
-            else:
-                wire = [next(small)]
-            pieces.append((decode(wire), wire))  # all decoded first: one bad message refuses the whole batch
+        # All decoded first: one bad message refuses the whole batch.
+        pieces = [(decode(wire), wire) for wire in split_batch(args["frames"], args.get("inline", []), frames)]
         send = self.queues.send
         ids = [send(queue, message, wire=wire) for message, wire in pieces]
         self._reply(identity, rid, {"ids": ids}, confirm=True)
@@ -469,20 +473,9 @@ class Broker:
         heapq.heappush(self._waiter_deadlines, (waiter.deadline, next(self._waiter_ids), waiter))
 
     def _deliver(self, identity: bytes, rid: bytes, delivered: list[tuple[int, Message, list[bytes] | None]]) -> None:
-        tags = []
-        counts = []
-        inline = []
-        out: list[Any] = []
-        for tag, message, wire in delivered:
-            encoded = wire or encode(message)
-            tags.append(tag)
-            if len(encoded) == 1:  # a small message rides inside the payload: one frame for the whole batch
-                counts.append(0)
-                inline.append(encoded[0])
-            else:
-                counts.append(len(encoded))
-                out.extend(encoded)
-        self._reply(identity, rid, {"tags": tags, "frames": counts, "inline": inline}, *out)
+        counts, inline, out = batch_frames([wire or encode(message) for _, message, wire in delivered])
+        self._reply(identity, rid, {"tags": [tag for tag, _, _ in delivered], "frames": counts, "inline": inline},
+                    *out)
 
     def _on_ready(self, queue: Queue) -> None:
         if queue.name in self._waiters:
@@ -586,16 +579,27 @@ class Broker:
 
     # -- topics -----------------------------------------------------------------------------------------------
     def _publish(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
-        mid = self.topics.publish(args["topic"], self._message(frames))
-        self._reply(identity, rid, {"id": mid}, confirm=True)
+        topic = args["topic"]
+        if "frames" not in args:
+            self._reply(identity, rid, {"id": self.topics.publish(topic, self._message(frames))}, confirm=True)
+            return
+        messages = [decode(wire) for wire in split_batch(args["frames"], args.get("inline", []), frames)]
+        self._reply(identity, rid, {"ids": [self.topics.publish(topic, m) for m in messages]}, confirm=True)
 
     def _subscribe(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         session = args["session"]
         self._session(session)
         token = os.urandom(8)
-        book_token = self.topics.add(args["pattern"], args.get("group"), _Subscriber(self, identity, token))
-        self._subscribers[token] = (book_token, session)
+        subscriber = _Subscriber(self, identity, token)
+        book_token = self.topics.add(args["pattern"], args.get("group"), subscriber)
+        self._subscribers[token] = (book_token, session, subscriber)
         self._reply(identity, rid, {"token": token})
+
+    def _subscription(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
+        held = self._subscribers.get(args["token"])
+        if held is None:
+            raise NotFound("no such subscription (it ended, or its session expired)")
+        self._reply(identity, rid, {"dropped": held[2].dropped})
 
     def _unsubscribe(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         held = self._subscribers.pop(args["token"], None)

@@ -392,6 +392,13 @@ class MemoryBus(Bus):
         with self._space.lock:
             return self._space.topics.publish(topic, message)
 
+    def publish_many(self, topic: str, bodies: Any) -> list[str]:
+        self._check_open()
+        messages = [as_message(body) for body in bodies]
+        with self._space.lock:
+            publish = self._space.topics.publish
+            return [publish(topic, message) for message in messages]
+
     def subscribe(self, pattern: str, *, group: str | None = None, durable: bool = False,
                   start: Start = "latest") -> Subscription:
         self._check_open()

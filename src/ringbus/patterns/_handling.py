@@ -1,0 +1,126 @@
+"""One delivered message through a handler: ack after success, nack with backoff, or dead-letter with the error."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from ringbus.bus import Bus
+from ringbus.errors import RingbusError
+from ringbus.message import Message
+from ringbus.patterns._retry import RetryPolicy
+
+__all__ = ["Reject", "Dispatcher", "DEAD_REASON", "DEAD_FROM", "ERROR_HEADER", "ERROR_TYPE_HEADER",
+           "ATTEMPTS_HEADER"]
+
+# The broker's own dead-letter headers (ringbus.broker.queues), repeated here: patterns import only the Bus.
+DEAD_REASON = "ringbus-dead-reason"
+DEAD_FROM = "ringbus-dead-from"
+# What a pattern adds to a dead letter it sends itself.
+ERROR_HEADER = "ringbus-error"  # "ValueError: bad order 42"
+ERROR_TYPE_HEADER = "ringbus-error-type"  # "ValueError"
+ATTEMPTS_HEADER = "ringbus-attempts"  # deliveries it had, this one included
+MAX_ERROR_TEXT = 2000  # characters of the error kept in the header
+
+Count = Callable[..., None]
+
+
+class Reject(Exception):
+    """Raise from a handler to dead-letter the message at once, without retries: it can never succeed.
+
+    The dead letter's headers carry this exception's text, like those of a message that ran out of attempts.
+    """
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text if len(text) <= MAX_ERROR_TEXT else text[:MAX_ERROR_TEXT - 3] + "..."
+
+
+class Dispatcher:
+    """Runs ``handler(message)`` and settles the message; one per worker, used from that worker's thread.
+
+    - Success: mark it in the idempotency store (if any), then ack.
+    - A key the idempotency store has seen: ack without running the handler.
+    - An exception on an attempt before the last: ``nack(requeue=True, delay=retry.delay(failures))``.
+    - An exception on the last attempt (``message.attempts + 1 >= max_attempts``), or :class:`Reject`: send a
+      copy to the dead-letter queue with the error in its headers, then ack the original. The copy goes
+      first, so a crash in between leaves the original to be delivered again, never lost; the copy's
+      ``dedup_id`` keeps a second copy out of the dead-letter queue within its dedup window.
+    - ``BaseException`` (KeyboardInterrupt, SystemExit): nothing is settled; the message goes back when the
+      worker's bus closes.
+
+    ``count(**deltas)`` receives processed/failed/retried/dead_lettered/in_flight/skipped changes.
+    """
+
+    def __init__(self, queue: str, handler: Callable[[Message], Any], *, retry: RetryPolicy, max_attempts: int,
+                 dead_letter: str, count: Count, idempotency: Any = None, log: logging.Logger | None = None) -> None:
+        self.queue = queue
+        self.handler = handler
+        self.retry = retry
+        self.max_attempts = max_attempts
+        self.dead_letter = dead_letter
+        self.count = count
+        self.idempotency = idempotency
+        self.log = log or logging.getLogger("ringbus.patterns")
+
+    def __call__(self, bus: Bus, message: Message) -> None:
+        count = self.count
+        count(in_flight=1)
+        try:
+            self._handle(bus, message)
+        finally:
+            count(in_flight=-1)
+
+    def _handle(self, bus: Bus, message: Message) -> None:
+        store = self.idempotency
+        try:
+            if store is not None:
+                key = store.key_of(message)
+                if store.seen(key):
+                    message.ack()
+                    self.count(skipped=1)
+                    return
+            self.handler(message)
+            if store is not None:
+                store.mark(key)
+        except Reject as exc:
+            self.count(failed=1)
+            self._dead_letter(bus, message, exc, "rejected")
+        except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered
+            self.count(failed=1)
+            failures = message.attempts + 1
+            if failures >= self.max_attempts:
+                self._dead_letter(bus, message, exc, "max_attempts")
+            else:
+                delay = self.retry.delay(failures)
+                self.log.info("message %s of %r failed (attempt %d of %d), retrying in %.3f s: %s", message.id,
+                              self.queue, failures, self.max_attempts, delay, _error_text(exc))
+                message.nack(requeue=True, delay=delay)
+                self.count(retried=1)
+        else:
+            message.ack()
+            self.count(processed=1)
+
+    def _dead_letter(self, bus: Bus, message: Message, exc: BaseException, reason: str) -> None:
+        failures = message.attempts + 1
+        text = _error_text(exc)
+        headers = dict(message.headers)
+        headers.update({DEAD_REASON: reason, DEAD_FROM: self.queue, ERROR_HEADER: text,
+                        ERROR_TYPE_HEADER: type(exc).__name__, ATTEMPTS_HEADER: failures})
+        copy = Message(message.body, id=message.id, key=message.key, priority=message.priority, headers=headers,
+                       timestamp=message.timestamp, attempts=failures, reply_to=message.reply_to,
+                       correlation_id=message.correlation_id, content_type=message.content_type, meta=message.meta)
+        try:
+            bus.send(self.dead_letter, copy, dedup_id=f"dead-letter:{message.id}")
+        except (RingbusError, ValueError, TypeError) as send_error:
+            # Not lost: back to the queue, whose own max_attempts dead-letters it (without our error header).
+            self.log.error("cannot send message %s to dead-letter queue %r (%s); nacking it instead", message.id,
+                           self.dead_letter, send_error)
+            message.nack(requeue=True, delay=self.retry.delay(failures))
+            self.count(retried=1)
+            return
+        message.ack()
+        self.count(dead_lettered=1)
+        self.log.warning("message %s of %r dead-lettered to %r after %d attempt(s) (%s): %s", message.id, self.queue,
+                         self.dead_letter, failures, reason, text)

@@ -10,7 +10,9 @@ Three comparisons, every contender on the same messages (64 B bodies over
    figure depends on nothing but the Bus), I/O-bound handler: convoy time at
    most 1.3x the pool's, i.e. a ratio >= 1/1.3;
 3. the same with a handler that does nothing, so the ratio is the bare
-   per-message cost of ordering, on the embedded broker and on memory://.
+   per-message cost of ordering, on the embedded broker and on memory://;
+   a third row, the plain pool on an ``ordered_by_key`` queue, splits that
+   cost between the bus (its per-key bookkeeping) and the convoy's own code.
 
 Each contender starts its workers on an empty queue, then the clock runs
 from the first send until the handler has seen every message. The broker
@@ -128,13 +130,15 @@ def convoy_run(url: str, n: int, *, workers: int = WORKERS, io_seconds: float = 
         convoy.stop()
 
 
-def pool_run(url: str, n: int, *, workers: int = WORKERS, io_seconds: float = IO_SECONDS) -> float:
-    """Seconds for a plain pool (``workers`` threads: consume, handle, ack; no ordering) to handle ``n``."""
+def pool_run(url: str, n: int, *, workers: int = WORKERS, io_seconds: float = IO_SECONDS,
+             ordered: bool = False) -> float:
+    """Seconds for a plain pool (``workers`` threads: consume, handle, ack) to handle ``n``; ``ordered``: on a
+    queue declared ``ordered_by_key`` (the bus's ordering without the convoy)."""
     countdown = _Countdown(n)
     handle = _handler(countdown, io_seconds)
     queue = f"rbbench-pool-{uuid.uuid4().hex[:10]}"
     with connect(url) as bus:
-        bus.declare_queue(queue, durable=True)
+        bus.declare_queue(queue, durable=True, ordered_by_key=ordered)
     stop = threading.Event()
     started = threading.Barrier(workers + 1)
 
@@ -177,6 +181,7 @@ def cases(scale: float = 1.0, seed: int = 0) -> list[Case]:
         return max(40, int(base * scale))
 
     plain = f"plain pool, {WORKERS} threads"
+    ordered = f"plain pool, {WORKERS} threads, ordered_by_key queue"
     return [
         Case(f"convoy, handler sleeps {IO_SECONDS * 1000:g} ms, {KEYS} keys, broker: {WORKERS} workers vs 1",
              "message", n(2_000),
@@ -189,10 +194,12 @@ def cases(scale: float = 1.0, seed: int = 0) -> list[Case]:
              target={plain: OVERHEAD_TARGET}),
         Case("convoy vs plain pool, no-op handler, broker", "message", n(20_000),
              (f"convoy, {WORKERS} workers", _broker_contender(convoy_run, io_seconds=0.0)),
-             [(plain, _broker_contender(pool_run, io_seconds=0.0))],
+             [(plain, _broker_contender(pool_run, io_seconds=0.0)),
+              (ordered, _broker_contender(pool_run, io_seconds=0.0, ordered=True))],
              target={plain: OVERHEAD_TARGET}),
         Case("convoy vs plain pool, no-op handler, memory://", "message", n(50_000),
              (f"convoy, {WORKERS} workers", _memory_contender(convoy_run, io_seconds=0.0)),
-             [(plain, _memory_contender(pool_run, io_seconds=0.0))],
+             [(plain, _memory_contender(pool_run, io_seconds=0.0)),
+              (ordered, _memory_contender(pool_run, io_seconds=0.0, ordered=True))],
              target={plain: OVERHEAD_TARGET}),
     ]

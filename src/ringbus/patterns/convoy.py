@@ -46,20 +46,18 @@ from typing import Any, Callable, Literal
 import msgspec
 
 from ringbus.bus import Bus, check_name, check_seconds, connect
+from ringbus.errors import Closed, PeerGone, RingbusError
 from ringbus.message import Message
+from ringbus.patterns._handling import ERROR_HEADER, Dispatcher, Reject, _error_text
 from ringbus.patterns._retry import RetryPolicy
 from ringbus.patterns._stats import PatternStats, StatsCounter
 
-__all__ = ["SequentialConvoy", "ConvoyStats", "held_queue_name", "CONTROL_HEADER", "ERROR_HEADER"]
+__all__ = ["SequentialConvoy", "ConvoyStats", "held_queue_name", "CONTROL_HEADER", "ERROR_HEADER", "Reject"]
 
 log = logging.getLogger("ringbus.convoy")
 
 CONTROL_HEADER = "ringbus-convoy"  # on the convoy's own control messages (release markers) in the queue
-ERROR_HEADER = "ringbus-error"  # the handler's last error, on dead-lettered and held messages
 _RELEASE = "release"
-# The broker's own dead-letter headers (ringbus.broker.queues), set the same way when the convoy dead-letters.
-_DEAD_REASON = "ringbus-dead-reason"
-_DEAD_FROM = "ringbus-dead-from"
 # A holding queue keeps its messages however often a drain puts the first one back.
 _HELD_MAX_ATTEMPTS = 1_000_000_000
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_.:\-]+\Z")
@@ -98,10 +96,6 @@ def _key_of(queue: str, name: str) -> str | None:
     return None
 
 
-def _describe(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"[:1000]
-
-
 @dataclass(frozen=True)
 class ConvoyStats(PatternStats):
     """:class:`PatternStats` plus the hold policy's counts."""
@@ -120,6 +114,36 @@ class _Hold:
         self.releasing = False  # release() was called; its marker has not been worked off yet
 
 
+class _Dispatcher(Dispatcher):
+    """One worker's handle-and-settle step (shared with the other patterns), with the hold policy in place of the
+    dead letter after ``max_attempts``; counts go to the worker's own slots (no lock per message)."""
+
+    def __init__(self, convoy: SequentialConvoy, worker: int) -> None:
+        busy, done, add = convoy._busy, convoy._done, convoy._counter.add
+
+        def count(in_flight: int = 0, processed: int = 0, **others: int) -> None:
+            if in_flight:
+                busy[worker] += in_flight
+            if processed:
+                done[worker] += processed
+            if others:
+                add(**others)
+
+        super().__init__(convoy.queue, convoy.handler, retry=convoy.retry, max_attempts=convoy.max_attempts,
+                         dead_letter=convoy.dead_letter, count=count, log=log)
+        self.convoy = convoy
+
+    def _dead_letter(self, bus: Bus, message: Message, exc: BaseException, reason: str) -> None:
+        if reason == "max_attempts" and self.convoy.on_failure == "hold" and message.key is not None:
+            self.convoy._hold(bus, message, message.key, exc)
+        else:
+            super()._dead_letter(bus, message, exc, reason)
+
+    def dead_letter_now(self, bus: Bus, message: Message, exc: BaseException, reason: str) -> None:
+        """Dead-letter whatever the policy (a held message that a Reject or the dead_letter policy gives up on)."""
+        super()._dead_letter(bus, message, exc, reason)
+
+
 class SequentialConvoy:
     """Handle the messages of ``queue`` in send order per key, one at a time per key, keys in parallel.
 
@@ -132,8 +156,9 @@ class SequentialConvoy:
         The queue to work off. Senders put each message under its ordering ``key`` (an order id, a session);
         messages without a key are handled in parallel with no order.
     handler : callable
-        ``handler(message)``; returning means done (the convoy acks), raising means failed. The convoy settles
-        every message itself; the handler must not.
+        ``handler(message)``; returning means done (the convoy acks), raising means failed (retried, then
+        ``on_failure``); raising :class:`Reject` dead-letters the message at once under either policy (it can
+        never succeed; its key goes on). The convoy settles every message itself; the handler must not.
     workers : int
         Worker threads (each handles one message at a time).
     retry : RetryPolicy
@@ -209,7 +234,10 @@ class SequentialConvoy:
         self._parked = self._released = 0
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._busy = [0] * workers  # per worker: 1 while its handler runs (a list slot: no lock on the hot path)
+        # Per worker, one slot each (only its worker writes it: no lock on the hot path): 1 while its handler
+        # runs, and messages it handled.
+        self._busy = [0] * workers
+        self._done = [0] * workers
 
     # -- lifetime -------------------------------------------------------------------------------------------------
     def start(self) -> SequentialConvoy:
@@ -321,13 +349,16 @@ class SequentialConvoy:
         return True
 
     def stats(self) -> ConvoyStats:
-        base = self._counter.snapshot()
+        counter = self._counter
+        counter.processed = sum(self._done)  # workers count their own; StatsCounter works out the rate
+        base = counter.snapshot()
         with self._lock:
             return ConvoyStats(base.processed, base.failed, base.retried, base.dead_lettered, sum(self._busy),
                                base.rate, held_keys=len(self._held), parked=self._parked, released=self._released)
 
     # -- workers --------------------------------------------------------------------------------------------------
     def _work(self, index: int) -> None:
+        dispatcher = _Dispatcher(self, index)
         bus: Bus | None = None
         while not self._stop.is_set():
             try:
@@ -336,7 +367,15 @@ class SequentialConvoy:
                 messages = bus.consume(self.queue, prefetch=self.prefetch, timeout=self.poll)
                 try:
                     for message in messages:
-                        self._dispatch(bus, message, index)
+                        try:
+                            self._dispatch(bus, message, dispatcher)
+                        except (Closed, PeerGone):
+                            raise
+                        except RingbusError:
+                            # A settle that came after the lease ran out (the message is out again), or a move
+                            # the bus refused (a full dead-letter queue): the queue delivers it again.
+                            log.exception("convoy worker %d: message %s (key %r) not settled here", index,
+                                          message.id, message.key)
                         if self._stop.is_set():
                             break
                 finally:
@@ -354,55 +393,20 @@ class SequentialConvoy:
         if bus is not None:
             bus.close()
 
-    def _dispatch(self, bus: Bus, message: Message, worker: int) -> None:
+    def _dispatch(self, bus: Bus, message: Message, dispatcher: _Dispatcher) -> None:
         key = message.key
         if key is not None:
             if message.headers.get(CONTROL_HEADER) == _RELEASE:
-                self._on_release(bus, message, key, worker)
+                self._on_release(bus, message, key, dispatcher)
                 return
             if self._held:
                 name = held_queue_name(self.queue, key)
                 if name in self._held:
                     self._park(bus, message, name)
                     return
-        error = self._call(message, worker)
-        if error is None:
-            message.ack()
-            return
-        failures = message.attempts + 1
-        if failures < self.max_attempts:
-            self._counter.add(retried=1)
-            message.nack(requeue=True, delay=self.retry.delay(failures))  # the key stays blocked behind it
-        elif self.on_failure == "hold" and key is not None:
-            self._hold(bus, message, key, error)
-        else:
-            self._dead_letter(bus, message, error, failures)
-
-    def _call(self, message: Message, worker: int) -> BaseException | None:
-        """Run the handler; count it; return its exception (None: done)."""
-        busy = self._busy
-        busy[worker] = 1
-        try:
-            self.handler(message)
-        except Exception as exc:
-            busy[worker] = 0
-            self._counter.add(failed=1)
-            log.debug("handler failed on message %s (key %r, attempt %d): %s", message.id, message.key,
-                      message.attempts + 1, _describe(exc))
-            return exc
-        busy[worker] = 0
-        self._counter.add(processed=1)
-        return None
-
-    def _dead_letter(self, bus: Bus, message: Message, error: BaseException, failures: int) -> None:
-        headers = {**message.headers, _DEAD_REASON: "max_attempts", _DEAD_FROM: self.queue,
-                   ERROR_HEADER: _describe(error)}
-        # Sent, then acked: a crash in between leaves it in the queue, and dedup_id keeps a second copy out.
-        bus.send(self.dead_letter, _replace(message, headers=headers, attempts=failures), dedup_id=message.id)
-        message.ack()
-        self._counter.add(dead_lettered=1)
-        log.warning("message %s (key %r) dead-lettered to %r after %d attempts: %s", message.id, message.key,
-                    self.dead_letter, failures, _describe(error))
+        # Run, then ack; or nack with backoff (the key stays blocked behind it); or, after max_attempts,
+        # dead-letter - or hold, see _Dispatcher.
+        dispatcher(bus, message)
 
     # -- hold policy ----------------------------------------------------------------------------------------------
     def _declare_held(self, bus: Bus, name: str) -> None:
@@ -426,7 +430,7 @@ class SequentialConvoy:
 
     def _hold(self, bus: Bus, message: Message, key: str, error: BaseException) -> None:
         name = held_queue_name(self.queue, key)
-        reason = _describe(error)
+        reason = _error_text(error)
         self._move(bus, message, name, {**message.headers, ERROR_HEADER: reason})
         with self._lock:  # before the ack: the key's next message may reach another worker right after it
             self._held[name] = _Hold(key, reason)
@@ -441,13 +445,13 @@ class SequentialConvoy:
             self._parked += 1
         message.ack()
 
-    def _on_release(self, bus: Bus, marker: Message, key: str, worker: int) -> None:
+    def _on_release(self, bus: Bus, marker: Message, key: str, dispatcher: _Dispatcher) -> None:
         name = held_queue_name(self.queue, key)
         hold = self._held.get(name)
         if hold is None:  # released before (a second release(), or a marker delivered again): nothing to do
             marker.ack()
             return
-        outcome = self._drain(bus, name, hold, worker)
+        outcome = self._drain(bus, name, hold, dispatcher)
         if outcome == "empty":
             with self._lock:  # before the ack, for the same reason as in _hold
                 self._held.pop(name, None)
@@ -459,7 +463,7 @@ class SequentialConvoy:
             bus.send(self.queue, b"", key=key, headers={CONTROL_HEADER: _RELEASE})
         marker.ack()
 
-    def _drain(self, bus: Bus, name: str, hold: _Hold, worker: int) -> str:
+    def _drain(self, bus: Bus, name: str, hold: _Hold, dispatcher: _Dispatcher) -> str:
         """Work off the holding queue ``name`` in order while holding its key's release marker.
 
         Returns "empty" (all done), "held" (a message failed ``max_attempts`` times again) or "more".
@@ -479,29 +483,45 @@ class SequentialConvoy:
                     return "more"
                 continue  # a retry's backoff, or a delivery held elsewhere until its lease ends
             last_progress = time.monotonic()
-            error = self._call(message, worker)
-            if error is None:
+            count = dispatcher.count
+            count(in_flight=1)
+            try:
+                self.handler(message)
+            except Reject as exc:
+                count(in_flight=-1, failed=1)
+                dispatcher.dead_letter_now(bus, message, exc, "rejected")
+                handled += 1
+                continue
+            except Exception as exc:  # noqa: BLE001 - any handler failure is retried, then held again
+                count(in_flight=-1, failed=1)
+                error = exc
+            else:
+                count(in_flight=-1, processed=1)
                 message.ack()
                 handled += 1
                 continue
-            count = failures[message.id] = failures.get(message.id, 0) + 1
-            if count < self.max_attempts:
-                self._counter.add(retried=1)
-                message.nack(requeue=True, delay=self.retry.delay(count))
+            # Attempts are counted from this release: the holding queue's own count grows with every hold.
+            tries = failures[message.id] = failures.get(message.id, 0) + 1
+            if tries < self.max_attempts:
+                count(retried=1)
+                message.nack(requeue=True, delay=self.retry.delay(tries))
+                continue
+            if self.on_failure == "dead_letter":  # held under an earlier run's hold policy
+                dispatcher.dead_letter_now(bus, message, error, "max_attempts")
+                handled += 1
                 continue
             message.nack(requeue=True)  # stays first in its holding queue (ordered_by_key)
             with self._lock:
-                hold.error = _describe(error)
+                hold.error = _error_text(error)
                 hold.releasing = False
-            log.error("key %r held again after %d failed attempts of message %s: %s", hold.key, count,
+            log.error("key %r held again after %d failed attempts of message %s: %s", hold.key, tries,
                       message.id, hold.error)
             return "held"
         return "more"
 
     def _recover(self, bus: Bus) -> None:
-        """Held keys from an earlier run: every non-empty holding queue of this queue."""
-        if self.on_failure != "hold":
-            return
+        """Held keys from an earlier run: every non-empty holding queue of this queue (whatever the policy now:
+        they keep their order until released)."""
         prefix = f"{self.queue}.held."
         found: dict[str, _Hold] = {}
         for name in bus.queues():

@@ -154,7 +154,7 @@ def test_poison_message_ends_in_dlq_with_the_error(url: str, queue: str) -> None
         poison_id = bus.send(queue, b"poison", headers={"tenant": "acme"})
         with WorkerPool(url, queue, handler, workers=4, retry=FAST_RETRY, declare={"max_attempts": 3}) as pool:
             dead = bus.receive(f"{queue}.dlq", timeout=WAIT)
-            wait_until(lambda: pool.stats().processed == 10, "10 good orders processed")
+            wait_until(lambda: (pool.stats().processed, pool.stats().dead_lettered) == (10, 1), "all settled")
             stats = pool.stats()
         assert dead is not None
         dead.ack()
@@ -185,6 +185,7 @@ def test_reject_dead_letters_at_once(url: str, queue: str) -> None:
         bus.send(queue, b"{}")
         with WorkerPool(url, queue, handler, workers=2) as pool:
             dead = bus.receive(f"{queue}.dlq", timeout=WAIT)
+            wait_until(lambda: pool.stats().dead_lettered == 1, "the original acked")  # after the copy was sent
             stats = pool.stats()
     assert dead is not None
     assert len(calls.ids) == 1  # no retries
@@ -202,7 +203,7 @@ def test_poison_in_process_workers(process_broker: str, queue: str, tmp_path: Pa
         with WorkerPool(process_broker, queue, handler, workers=4, mode="process", retry=FAST_RETRY,
                         max_attempts=4) as pool:
             dead = bus.receive(f"{queue}.dlq", timeout=WAIT)
-            wait_until(lambda: pool.stats().processed == 100, "100 processed")
+            wait_until(lambda: (pool.stats().processed, pool.stats().dead_lettered) == (100, 1), "all settled")
             stats = pool.stats()
     assert dead is not None and dead.body == b"poison-1"
     assert dead.headers["ringbus-error"] == "ValueError: cannot parse order b'poison-1'"
@@ -270,6 +271,34 @@ def test_a_failed_message_waits_out_its_backoff(url: str, queue: str) -> None:
     assert (q.delayed, q.redelivered) == (1, 0)
 
 
+def test_an_ack_after_the_lease_ran_out_is_logged_not_fatal(queue: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A handler outlives the visibility timeout: another worker gets the message, the late ack is refused."""
+    url = f"memory://pool-lease-{queue}"
+    redelivered = threading.Event()
+    calls: list[int] = []
+
+    def handler(message: Message) -> None:
+        calls.append(message.attempts)
+        if message.attempts == 0:
+            assert redelivered.wait(WAIT)  # still busy when the lease runs out
+        else:
+            redelivered.set()
+
+    with ringbus.connect(url) as bus:
+        bus.declare_queue(queue, visibility_timeout=0.2)
+        bus.send(queue, b"slow")
+        with WorkerPool(url, queue, handler, workers=2, prefetch=1) as pool:
+            wait_until(lambda: pool.stats().processed == 2, "both deliveries handled")
+            bus.send(queue, b"next")  # the pool still works
+            wait_until(lambda: pool.stats().processed == 3, "the next message handled")
+            stats = pool.stats()
+        q = bus.queue_stats(queue)
+    assert sorted(calls) == [0, 0, 1]  # 'slow' twice (attempts 0 and 1), 'next' once
+    assert (stats.processed, stats.failed, stats.restarted) == (3, 0, 0)
+    assert (q.acked, q.depth, q.in_flight) == (2, 0, 0)
+    assert any("could not ack" in record.getMessage() for record in caplog.records)
+
+
 # --- stopping ---------------------------------------------------------------------------------------------------
 
 def test_stop_finishes_in_flight_and_gives_back_the_rest(url: str, queue: str) -> None:
@@ -333,12 +362,17 @@ def test_sigterm_to_a_pool_process_exits_0_and_loses_nothing(process_broker: str
 def test_pause_takes_nothing_until_resume(url: str, queue: str) -> None:
     calls = Calls()
     fill(url, queue, 10)
-    with WorkerPool(url, queue, calls, workers=2) as pool:
+    pool = WorkerPool(url, queue, calls, workers=2)
+    pool.pause()  # before start: the workers connect, and take nothing
+    with pool:
+        time.sleep(0.3)  # a quiet window: nothing may be taken while paused
+        assert len(calls.ids) == 0 and queue_stats(url, queue).depth == 10
+        pool.resume()
         wait_until(lambda: pool.stats().processed == 10, "10 processed")
         pool.pause()
         wait_until(lambda: queue_stats(url, queue).consumers == 0, "every worker left the queue")
         fill(url, queue, 20)
-        time.sleep(0.5)  # a quiet window: nothing may be taken while paused
+        time.sleep(0.3)
         assert len(calls.ids) == 10 and queue_stats(url, queue).depth == 20
         pool.resume()
         wait_until(lambda: pool.stats().processed == 30, "30 processed")

@@ -105,6 +105,14 @@ def test_declare_options_are_checked(url: str, queue: str) -> None:
         Consumer(url, queue, prefetch=0)
     with pytest.raises(TypeError, match="bus"):
         Producer(42, queue)  # type: ignore[arg-type]
+    with Consumer(url, queue) as consumer:
+        with pytest.raises(ValueError, match="idle_timeout"):
+            consumer.run(print, idle_timeout=-1)
+        with pytest.raises(ValueError, match="max_messages"):
+            consumer.run(print, max_messages=0)
+        with pytest.raises(TypeError, match="handler"):
+            consumer.run("print")  # type: ignore[arg-type]
+    queue = queue + "-2"
     Producer(url, queue, max_attempts=3).close()
     with pytest.raises(ValueError, match="max_attempts"):  # the queue exists with other options
         Consumer(url, queue, max_attempts=4)

@@ -6,7 +6,7 @@ import logging
 from typing import Any, Callable
 
 from ringbus.bus import Bus
-from ringbus.errors import RingbusError
+from ringbus.errors import Closed, RingbusError
 from ringbus.message import Message
 from ringbus.patterns._retry import RetryPolicy
 
@@ -78,7 +78,7 @@ class Dispatcher:
             if store is not None:
                 key = store.key_of(message)
                 if store.seen(key):
-                    message.ack()
+                    self._settle(message, "ack")
                     self.count(skipped=1)
                     return
             self.handler(message)
@@ -96,11 +96,25 @@ class Dispatcher:
                 delay = self.retry.delay(failures)
                 self.log.info("message %s of %r failed (attempt %d of %d), retrying in %.3f s: %s", message.id,
                               self.queue, failures, self.max_attempts, delay, _error_text(exc))
-                message.nack(requeue=True, delay=delay)
+                self._settle(message, "nack", delay)
                 self.count(retried=1)
         else:
-            message.ack()
+            self._settle(message, "ack")
             self.count(processed=1)
+
+    def _settle(self, message: Message, action: str, delay: float | None = None) -> None:
+        """Ack or nack; a delivery that is no longer ours (its lease ran out) is logged, not raised."""
+        try:
+            if action == "ack":
+                message.ack()
+            else:
+                message.nack(requeue=True, delay=delay)
+        except Closed:
+            raise
+        except RingbusError as exc:
+            # Its visibility timeout passed while it waited or ran, so it went back and will come again (or
+            # already did): keep prefetch x handler time below the queue's visibility_timeout.
+            self.log.warning("could not %s message %s of %r: %s", action, message.id, self.queue, exc)
 
     def _dead_letter(self, bus: Bus, message: Message, exc: BaseException, reason: str) -> None:
         failures = message.attempts + 1
@@ -117,10 +131,10 @@ class Dispatcher:
             # Not lost: back to the queue, whose own max_attempts dead-letters it (without our error header).
             self.log.error("cannot send message %s to dead-letter queue %r (%s); nacking it instead", message.id,
                            self.dead_letter, send_error)
-            message.nack(requeue=True, delay=self.retry.delay(failures))
+            self._settle(message, "nack", self.retry.delay(failures))
             self.count(retried=1)
             return
-        message.ack()
+        self._settle(message, "ack")
         self.count(dead_lettered=1)
         self.log.warning("message %s of %r dead-lettered to %r after %d attempt(s) (%s): %s", message.id, self.queue,
                          self.dead_letter, failures, reason, text)

@@ -40,6 +40,7 @@ Mode = Literal["thread", "process"]
 
 POLL = 0.25  # seconds a worker waits for a message before it looks at stop and pause again
 MONITOR = 0.2  # seconds between two looks of the pool at its workers
+FLAG_SLICE = 0.02  # seconds a waiting worker process sleeps between two looks at the stop and pause flags
 _SPAWN = multiprocessing.get_context("spawn")
 # Per-worker slots of the shared counters of a process pool.
 _FIELDS = ("processed", "failed", "retried", "dead_lettered", "in_flight", "skipped", "ready")
@@ -94,6 +95,9 @@ class _ThreadControl:
     def sleep(self, seconds: float) -> None:
         self.stop.wait(seconds)
 
+    def wait_resumed(self, seconds: float) -> None:
+        self.resumed.wait(seconds)
+
 
 class _ProcessControl:
     """Stop and pause for a worker process: the pool's shared flags, its own SIGTERM, or its parent gone.
@@ -113,13 +117,17 @@ class _ProcessControl:
     def paused(self) -> bool:
         return bool(self.flags[_PAUSE])
 
-    def sleep(self, seconds: float) -> None:
+    def sleep(self, seconds: float, until: Callable[[], bool] | None = None) -> None:
+        """Sleep in slices, waking early when stopped (or when ``until()`` holds)."""
         deadline = time.monotonic() + seconds
-        while not self.stopping():
+        while not self.stopping() and not (until is not None and until()):
             left = deadline - time.monotonic()
             if left <= 0.0:
                 return
-            time.sleep(min(left, 0.05))
+            time.sleep(min(left, FLAG_SLICE))
+
+    def wait_resumed(self, seconds: float) -> None:
+        self.sleep(seconds, until=lambda: not self.paused())
 
 
 def _work(settings: _Settings, handler: Callable[[Message], Any], control: Any, count: Callable[..., None]) -> None:
@@ -131,15 +139,16 @@ def _work(settings: _Settings, handler: Callable[[Message], Any], control: Any, 
     while not control.stopping():
         try:
             with connect(settings.url) as bus:
+                bus.queue_stats(settings.queue)  # the broker answers and the queue is there
+                if not ready:
+                    ready = True
+                    count(ready=1)
+                failures = 0
                 while not control.stopping():
                     if control.paused():
-                        control.sleep(POLL)
+                        control.wait_resumed(POLL)
                         continue
                     messages = bus.consume(settings.queue, prefetch=settings.prefetch, timeout=POLL)
-                    if not ready:
-                        ready = True
-                        count(ready=1)
-                    failures = 0
                     try:
                         for message in messages:
                             dispatch(bus, message)
@@ -288,6 +297,9 @@ class WorkerPool:
         self._thread_control = _ThreadControl()
         self._flags: Any = None
         self._counts: Any = None
+        if mode == "process":  # shared with the worker processes: stop and pause flags, per-worker counters
+            self._flags = _SPAWN.RawArray("b", 2)
+            self._counts = _SPAWN.RawArray("q", workers * len(_FIELDS))
         self._seen_counts = [0] * len(_FIELDS)
         self._monitor: threading.Thread | None = None
         self._monitor_stop = threading.Event()
@@ -314,7 +326,9 @@ class WorkerPool:
 
     # -- lifetime -------------------------------------------------------------------------------------------------
     def start(self, timeout: float = 30.0) -> WorkerPool:
-        """Declare the queue (if ``declare`` was given), start the workers, return once each one consumes.
+        """Declare the queue (if ``declare`` was given), start the workers, return once each one is connected.
+
+        After :meth:`pause` the workers start paused: connected, taking nothing until :meth:`resume`.
 
         Raises
         ------
@@ -337,9 +351,6 @@ class WorkerPool:
                 except NotFound:
                     raise NotFound(f"queue {self.queue!r} does not exist at {self.url}; declare it first, or pass "
                                    "declare={...} to the pool") from None
-        if self.mode == "process":
-            self._flags = _SPAWN.RawArray("b", 2)
-            self._counts = _SPAWN.RawArray("q", self.workers * len(_FIELDS))
         for index in range(self.workers):
             self._slots.append(self._launch(index))
         self._monitor = threading.Thread(target=self._watch, name=f"ringbus-pool-{self.queue}", daemon=True)
@@ -349,7 +360,7 @@ class WorkerPool:
             if time.monotonic() > deadline:
                 self.stop(timeout=5.0)
                 raise RingbusError(f"{self.workers - self._ready()} of {self.workers} workers of {self.queue!r} "
-                                   f"were not consuming within {timeout:g} s (see the log for why)")
+                                   f"were not connected within {timeout:g} s (see the log for why)")
             time.sleep(0.01)
         log.info("%d %s workers consume %r at %s", self.workers, self.mode, self.queue, self.url)
         return self
@@ -446,7 +457,10 @@ class WorkerPool:
         return clean
 
     def pause(self) -> None:
-        """Stop taking messages (prefetched ones go back) until :meth:`resume`; in-flight ones finish."""
+        """Stop taking messages (prefetched ones go back) until :meth:`resume`; in-flight ones finish.
+
+        Before :meth:`start`: the workers start paused.
+        """
         if self.mode == "thread":
             self._thread_control.resumed.clear()
         elif self._flags is not None:

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from typing import Any, Callable, Iterable, Iterator
 
-from ringbus.bus import Bus, QueueOptions, check_name, connect
+from ringbus.bus import Bus, QueueOptions, check_name, check_seconds, connect
 from ringbus.message import HeaderValue, Message
 from ringbus.patterns._handling import Dispatcher
 from ringbus.patterns._retry import RetryPolicy
@@ -138,28 +139,35 @@ class Consumer(_Endpoint):
         :class:`~ringbus.patterns.competing_consumers.WorkerPool` does. Returns when ``stop`` is set,
         after ``max_messages`` messages, or when none came for ``idle_timeout`` seconds.
         """
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        if max_messages is not None and (isinstance(max_messages, bool) or not isinstance(max_messages, int)
+                                         or max_messages < 1):
+            raise ValueError(f"max_messages must be an int >= 1 or None, got {max_messages!r}")
+        check_seconds("idle_timeout", idle_timeout, allow_zero=False)
         dispatch = Dispatcher(self.queue, handler, retry=self.retry, max_attempts=self.options.max_attempts,
                               dead_letter=self.options.dead_letter_queue(self.queue), count=self._counter.add,
                               log=log)
         poll = 0.25 if stop is not None else None  # with a stop event, look at it this often when idle
         handled = 0
-        idle = 0.0
+        last = time.monotonic()  # when the last message was handled (or run began)
         while not (stop is not None and stop.is_set()):
-            timeout = poll if idle_timeout is None else min(poll or idle_timeout, idle_timeout - idle)
+            timeout = poll
+            if idle_timeout is not None:
+                left = idle_timeout - (time.monotonic() - last)
+                if left <= 0.0:
+                    break
+                timeout = left if poll is None else min(poll, left)
             messages = self.bus.consume(self.queue, prefetch=self.prefetch, timeout=timeout)
-            got = False
             try:
                 for message in messages:
-                    got = True
                     dispatch(self.bus, message)
                     handled += 1
+                    last = time.monotonic()
                     if (max_messages is not None and handled >= max_messages) or (stop is not None and stop.is_set()):
                         return handled
             finally:
                 messages.close()
-            idle = 0.0 if got else idle + (timeout or 0.0)
-            if idle_timeout is not None and idle >= idle_timeout:
-                break
         return handled
 
     def stats(self) -> PatternStats:

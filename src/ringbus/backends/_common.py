@@ -32,7 +32,7 @@ def as_message(body: object, *, key: str | None = None, priority: int | None = N
             changes["priority"] = priority
         if headers is not None:
             changes["headers"] = {**body.headers, **headers}
-        message = _replace(body, **changes) if changes else body
+        message = _replace(body, **changes)  # a copy even without changes: the caller's keeps its settle handle
         check_headers(message.headers)
         message._settle = None
         return message
@@ -75,7 +75,7 @@ class ServiceError:
 def reply_message(request: Message, result: object) -> Message:
     """The reply to ``request`` from what a handler returned (bytes-like or a Message)."""
     if isinstance(result, Message):
-        reply = result if result.correlation_id is not None else _replace(result, correlation_id=request.id)
+        reply = _replace(result) if result.correlation_id is not None else _replace(result, correlation_id=request.id)
         reply._settle = None
         return reply
     if isinstance(result, _BYTES_LIKE):

@@ -12,10 +12,10 @@ import ringbus
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ringbus.bench import broker, core, ipc
+    from ringbus.bench import broker, core, ipc, patterns
     from ringbus.bench._harness import format_table, run_case
 
-    suites = {"core": core.cases, "ipc": ipc.cases, "broker": broker.cases}
+    suites = {"core": core.cases, "ipc": ipc.cases, "broker": broker.cases, "patterns": patterns.cases}
 
     names = list(suites) if args.suite == "all" else [args.suite]
     rows = []
@@ -27,6 +27,8 @@ def _bench(args: argparse.Namespace) -> int:
     notes = ipc.missing_peers() if args.suite in ("ipc", "all") else []
     if args.suite in ("broker", "all"):
         notes += broker.missing_peers()
+    if args.suite in ("patterns", "all"):
+        notes += patterns.missing_peers()
     if args.json:
         print(json.dumps({"implementation": ringbus.IMPLEMENTATION, "rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
     else:
@@ -97,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = commands.add_parser("bench", help="measure ringbus beside its peers and print ratios")
-    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "broker", "all"], help="which comparisons (default: core)")
+    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "broker", "patterns", "all"], help="which comparisons (default: core)")
     bench.add_argument("--rounds", type=int, default=5, help="rounds per case; medians are reported (default: 5)")
     bench.add_argument("--scale", type=float, default=1.0, help="work per round relative to the default (0.1 = a quick look)")
     bench.add_argument("--seed", type=int, default=12345, help="seed for the random priorities")

@@ -325,3 +325,13 @@ def test_example_runs_and_plots(tmp_path):
 def test_doc_sample_runs(capsys):
     exec(compile(doc_sample("load-leveling.md", "load-leveling-sample"), "load-leveling.md", "exec"), {})
     assert capsys.readouterr().out.startswith("20 emails,")
+
+
+def test_bench_cases_scale_down_and_memory_contenders_run():
+    from ringbus.bench import leveling
+
+    cases = leveling.cases(scale=0.0001)
+    assert [case.n for case in cases] == [30] * 6 and all(case.peers for case in cases)
+    assert 0.0 < leveling.levelled_run(f"memory://{fresh('bench')}", 30) < 60.0
+    assert 0.0 < leveling.weighted_run(f"memory://{fresh('bench')}", 30) < 60.0
+    assert 0.0 < leveling.priority_run(f"memory://{fresh('bench')}", 30) < 60.0

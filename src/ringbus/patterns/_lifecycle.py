@@ -65,6 +65,9 @@ class BackgroundConsumer:
         """Consume in the calling thread until :meth:`stop` is called (from another thread or a signal handler)."""
         self._stop.clear()
         self._ready.clear()
+        self._body()
+
+    def _body(self) -> None:
         self.error = None
         try:
             self._run(self._stop, self._ready.set)
@@ -76,7 +79,7 @@ class BackgroundConsumer:
 
     def _background(self) -> None:
         try:
-            self.run()
+            self._body()
         except BaseException:  # noqa: BLE001 - kept in self.error, raised again by start() or stop()
             self._log.exception("%s stopped by an error", type(self).__name__)
 
@@ -88,6 +91,7 @@ class BackgroundConsumer:
         """
         if self._thread is not None and self._thread.is_alive():
             raise RuntimeError(f"{type(self).__name__} is already running")
+        self._stop.clear()
         self._ready.clear()
         self._thread = threading.Thread(target=self._background, name=f"ringbus-{type(self).__name__}", daemon=True)
         self._thread.start()

@@ -176,8 +176,10 @@ class LevelledConsumer(BackgroundConsumer):
     concurrency : int
         Handler threads: never more handlers run at once.
     prefetch : int or None
-        Messages taken from the queue ahead of a free slot; default ``concurrency``. They are in flight (their
-        visibility timeout runs) while they wait for a slot and a token.
+        Messages taken from the queue at most (in flight: their visibility timeout runs while they wait for a
+        slot and a token). Default ``concurrency`` + a second's worth of ``rate``, at least 2 and at most
+        ``4 x concurrency`` more. Keep it above ``concurrency + 1``: on the broker a consume loop whose every
+        message is in a handler thread waits up to 0.1 s before it notices their acks.
     retry : RetryPolicy or None
         Backoff between attempts of a failing message.
     max_attempts : int
@@ -198,7 +200,9 @@ class LevelledConsumer(BackgroundConsumer):
         self.queue = check_name("queue", queue)
         self.bucket = TokenBucket(rate, burst, clock=clock, sleep=sleep)
         self.concurrency = check_count("concurrency", concurrency)
-        self.prefetch = self.concurrency if prefetch is None else check_count("prefetch", prefetch)
+        if prefetch is None:
+            prefetch = self.concurrency + max(2, min(int(self.bucket.rate), 4 * self.concurrency))
+        self.prefetch = check_count("prefetch", prefetch)
         if retry is not None and not isinstance(retry, RetryPolicy):
             raise TypeError(f"retry must be a RetryPolicy, not {type(retry).__name__}")
         self.retry = retry or RetryPolicy()

@@ -38,7 +38,7 @@ from ringbus.patterns.claim_check import (
 )
 from ringbus.patterns.payload_stores import LocalStore, PayloadStore, RedisStore, S3Store, check_key
 
-from .bus_fixtures import python_env, run_example, thread_broker, url  # noqa: F401 - fixtures
+from .bus_fixtures import python_env, run_example, run_python, thread_broker, url  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -347,6 +347,23 @@ def test_payloads_are_deleted_after_ack_and_by_ttl_sweep(store: PayloadStore, bu
     assert store.usage().objects == 0 and store.stats().puts == 6
 
 
+def test_sweep_command_for_cron(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "claims")
+    claims = ClaimCheck(store, threshold=0)
+    for i in range(3):
+        claims.check_in(bytes([i]) * 100)
+    old = time.time() - 7200
+    for path in sorted(p for p in store.directory.iterdir() if p.is_file())[:2]:
+        os.utime(path, (old, old))
+    command = ["-m", "ringbus.patterns.payload_stores", "sweep", str(store.directory), "--older-than", "3600"]
+    result = run_python(*command)
+    assert result.returncode == 0, result.stderr
+    assert "swept 2 payload(s)" in result.stdout and "1 left (100 bytes)" in result.stdout
+    assert store.usage().objects == 1
+    bad = run_python(*command[:-1], "-5")
+    assert bad.returncode == 2 and "older_than must be a number of seconds >= 0" in bad.stderr
+
+
 def test_a_failing_handler_keeps_the_payload_for_the_retry(bus: ringbus.Bus, queue: str, tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "claims")
     claims = ClaimCheck(store, threshold=THRESHOLD, retry=RetryPolicy(base=0.0, jitter=False))
@@ -366,6 +383,57 @@ def test_a_failing_handler_keeps_the_payload_for_the_retry(bus: ringbus.Bus, que
     assert calls == [0, 1]
     assert (stats.processed, stats.failed, stats.retried, stats.fetched, stats.released) == (1, 1, 1, 1, 1)
     assert store.usage().objects == 0 and store.stats().opens == 2
+
+
+class BrokenUpload(io.RawIOBase):
+    """An upload whose connection drops after ``good`` bytes."""
+
+    def __init__(self, good: int) -> None:
+        super().__init__()
+        self.left = good
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            raise ConnectionResetError("client went away mid-upload")
+        n = min(self.left, MiB if n is None or n < 0 else n)
+        self.left -= n
+        return bytes(n)
+
+
+def leftovers(store: PayloadStore) -> list[str]:
+    """What a store keeps besides complete payloads: partial files, Redis keys, S3 multipart uploads."""
+    if isinstance(store, LocalStore):
+        return [p.name for p in (store.directory / ".incoming").iterdir()]
+    if isinstance(store, RedisStore):
+        return [k.decode() for k in store.client.scan_iter(match=store.prefix + "partial:*")]
+    assert isinstance(store, S3Store)
+    return [u["Key"] for u in store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", ())]
+
+
+def test_a_failed_upload_leaves_nothing(store: PayloadStore, bus: ringbus.Bus, queue: str) -> None:
+    claims = ClaimCheck(store, threshold=THRESHOLD)
+    with pytest.raises(ConnectionResetError):
+        claims.send(bus, queue, BrokenUpload(11 * MiB))  # S3: two 5 MiB parts uploaded, then aborted
+    assert store.usage().objects == 0 and leftovers(store) == []
+    assert bus.queue_stats(queue).depth == 0 and claims.stats().claimed == 0
+
+
+def test_as_bytes_hands_over_only_verified_payloads(bus: ringbus.Bus, queue: str, tmp_path: Path) -> None:
+    store = LocalStore(tmp_path / "claims")
+    claims = ClaimCheck(store, threshold=THRESHOLD)
+    payloads = [bytes([i]) * (THRESHOLD * 2) for i in range(3)]
+    for payload in payloads:
+        claims.send(bus, queue, payload)
+    messages = drain(bus, queue, 3)
+    rewrite(store, str(messages[1].headers[CLAIM_KEY]), payloads[2])  # right size, wrong bytes
+    bus.send_many(queue, messages)
+    handed: list[bytes] = []
+    assert claims.consume(bus, queue, lambda m, data: handed.append(data), max_messages=3, as_bytes=True) == 3
+    assert handed == [payloads[0], payloads[2]]  # the tampered one never reached the handler
+    assert claims.stats().errors == {"hash_mismatch": 1} and claims.stats().dead_lettered == 1
 
 
 # -- 200 MiB, streamed ------------------------------------------------------------------------------------------------

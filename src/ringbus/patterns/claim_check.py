@@ -466,8 +466,9 @@ class ClaimCheck:
         """Run ``handler(message, payload)`` on one delivered message and settle it; True if it was acked.
 
         ``payload`` is a stream (:meth:`open`), or the verified bytes when ``as_bytes``. After the handler
-        returns, what it left unread is read to check the hash; then the message is acked and its payload
-        deleted (ack first: a crash in between leaves a payload for the sweep, never a message without one).
+        returns, what it left unread is read to check the hash (unless it closed the stream); then the message
+        is acked and its payload deleted (ack first: a crash in between leaves a payload for the sweep, never a
+        message without one).
 
         A :class:`ClaimCheckError` (missing payload, size or hash mismatch, a key or store it must not touch)
         cannot heal with retries: a copy of the message goes to ``dead_letter`` (default ``<queue>.dlq``) with
@@ -485,7 +486,7 @@ class ClaimCheck:
                 else:
                     with self.open(message) as stream:
                         handler(message, stream)
-                        if isinstance(stream, ClaimReader):
+                        if isinstance(stream, ClaimReader) and not stream.closed:
                             stream.verify()
             except ClaimCheckError as exc:
                 counter.add(failed=1)

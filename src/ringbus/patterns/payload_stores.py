@@ -462,6 +462,8 @@ class RedisStore(PayloadStore):
         Bytes per hash field.
     url : str, optional
         The name claims carry; default ``redis://host:port/db?prefix=...`` (never a password).
+    partial_ttl : float
+        Seconds after which Redis drops a payload whose writer died mid-way.
     """
 
     def __init__(self, client: Any = None, *, redis_url: str = "redis://127.0.0.1:6379/0",
@@ -691,3 +693,30 @@ def _chain_parts(first: bytes, second: bytes, rest: Iterator[bytes]) -> Iterator
     yield first
     yield second
     yield from rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m ringbus.patterns.payload_stores sweep [DIRECTORY] --older-than SECONDS``: one sweep of a local
+    store, for a cron job (Redis and S3 stores: call ``store.sweep`` from your own maintenance job)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ringbus.patterns.payload_stores",
+                                     description="Delete claim-check payloads older than a TTL from a local store.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sweep = commands.add_parser("sweep", help="delete payloads older than --older-than seconds")
+    sweep.add_argument("directory", nargs="?", default=None, help=f"the store (default {default_directory()})")
+    sweep.add_argument("--older-than", type=float, required=True, metavar="SECONDS",
+                       help="age after which a payload is deleted; longer than any message waits in its queue")
+    args = parser.parse_args(argv)
+    store = LocalStore(args.directory)
+    try:
+        swept = store.sweep(args.older_than)
+    except ValueError as exc:
+        parser.error(str(exc))
+    held = store.usage()
+    print(f"swept {swept} payload(s) from {store.directory}; {held.objects} left ({held.bytes} bytes)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

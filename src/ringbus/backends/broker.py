@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import struct
 import threading
 import time
@@ -95,6 +96,7 @@ class _Settle:
         if threading.get_ident() != bus._owner:
             args["queue"] = self.queue
             bus._foreign_settles.append((command, args))
+            bus._wake()  # the owner may be waiting for exactly this settle (consume at its prefetch)
         elif command is Command.ACK and self.consumer is not None:
             bus._hold_ack(self.queue, self.tag)  # a consume loop's acks travel together
         else:
@@ -261,6 +263,13 @@ class BrokerBus(Bus):
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
         self._socket.connect(url)
+        # Settles made in other threads wake the owner through this pipe, polled beside the socket.
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._poller = zmq.Poller()
+        self._poller.register(self._socket, zmq.POLLIN)
+        self._poller.register(self._wake_r, zmq.POLLIN)
         self._replies: dict[bytes, tuple[dict[str, Any], list[bytes]] | None] = {}
         self._subscriptions: dict[bytes, _BrokerSubscription] = {}
         self._foreign_settles: deque[tuple[bytes, dict[str, Any]]] = deque()
@@ -288,6 +297,12 @@ class BrokerBus(Bus):
     def _notify(self, command: bytes, args: dict[str, Any]) -> None:
         """Send a command that wants no reply (settles)."""
         send_frames(self._socket, [SIGNATURE, command, b"", pack(args)], block=True)
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"\0")
+        except (BlockingIOError, OSError):  # a wake-up is pending already, or the bus is closing
+            pass
 
     def _hold_ack(self, queue: str, tag: int) -> None:
         held = self._held_acks.get(queue)
@@ -327,7 +342,14 @@ class BrokerBus(Bus):
         if self._closed:
             raise Closed(f"bus {self.url!r} is closed")
         socket = self._socket
-        if not socket.poll(wait * 1000.0):
+        ready = dict(self._poller.poll(wait * 1000.0))
+        if self._wake_r in ready:
+            try:
+                while os.read(self._wake_r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+        if socket not in ready:
             self._flush_settles()
             return
         while True:
@@ -591,6 +613,11 @@ class BrokerBus(Bus):
             self._socket.close(linger=1000)  # let BYE and the last settles reach the broker
         else:
             self._socket.close(linger=0)
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     @property
     def closed(self) -> bool:

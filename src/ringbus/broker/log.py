@@ -459,8 +459,11 @@ class SegmentedLog:
                     raise OSError(errno.EIO, f"write to {self._path} made no progress")
                 done += wrote
 
-    def commit(self) -> None:
-        """Write what was appended and, unless the policy is "never", fsync it.
+    def commit(self, *, sync: bool = True) -> None:
+        """Write what was appended and, unless the policy is "never" or ``sync`` is false, fsync it.
+
+        ``sync=False`` hands the bytes to the OS only (they survive a crash of the process, not of the
+        machine); the next commit with ``sync`` fsyncs them with its own.
 
         Once this returns, every record appended before it is durable (under
         "always"/"batch"); only then may the broker confirm them.
@@ -476,7 +479,7 @@ class SegmentedLog:
         st = self._storage
         try:
             self._flush()
-            if self._sync:
+            if self._sync and sync:
                 while self._unsynced:
                     fd = self._unsynced[0]
                     st.fsync(fd)
@@ -489,7 +492,7 @@ class SegmentedLog:
                 if self._dir_dirty:
                     st.fsync_dir(self._dir)
                     self._counts["fsyncs"] += 1
-            self._dirty = self._dir_dirty = False
+                self._dirty = self._dir_dirty = False
         except OSError as exc:
             raise self._fail("commit", exc) from exc
         self._mark = self._base + self._size

@@ -296,9 +296,19 @@ class Broker:
 
     def _commit(self) -> None:
         outbox, self._outbox = self._outbox, []
+        # Replies that promise nothing about the disk (deliveries, stats, errors) go out now; confirms after
+        # the commit. Only a turn with a confirm pays for an fsync: a lost settle or delivery record means a
+        # redelivery or an attempt uncounted after a crash, never a loss.
+        confirms = []
+        for frames, confirm in outbox:
+            if confirm:
+                confirms.append((frames, confirm))
+            else:
+                self._send(frames)
+        outbox = confirms
         try:
             self._store.flush()
-            self._log.commit()
+            self._log.commit(sync=bool(confirms))
         except RingbusError as exc:
             # Nothing written since the last good commit may be confirmed: every pending confirm becomes an error.
             log.error("log commit failed; refusing sends from now on: %s", exc)

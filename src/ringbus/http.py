@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import email.utils
 import hmac
 import importlib
@@ -22,12 +23,12 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -120,7 +121,13 @@ class _BearerAuth:
         self._token = token.encode("utf-8")
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["path"].endswith("/healthz"):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path, root = scope["path"], scope.get("root_path", "")
+        if root and path.startswith(root):
+            path = path[len(root):]
+        if path == "/healthz":
             await self.app(scope, receive, send)
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
@@ -298,7 +305,7 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
 
     async def stats(request: Request) -> Response:
         snapshot = await run_in_threadpool(manager.stats)
-        return JSONResponse(snapshot.__dict__)
+        return JSONResponse(dataclasses.asdict(snapshot))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -386,16 +393,22 @@ class JobServer:
 
     def start(self, timeout: float = 10.0) -> JobServer:
         """Start serving; return once uvicorn accepts connections (RuntimeError if not within ``timeout``)."""
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
-                                        name=f"ringbus-http-{self.port}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"ringbus-http-{self.port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
                 self.stop(1.0)
-                raise RuntimeError(f"uvicorn did not start serving on {self.url} within {timeout} s")
+                raise RuntimeError(f"uvicorn did not start serving on {self.url} within {timeout} s "
+                                   "(the app's startup failed, or the machine is very busy)")
             time.sleep(0.01)
         return self
+
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self._sock])
+        except SystemExit as exc:  # uvicorn exits when the app's startup fails; start() reports it
+            log.error("uvicorn on %s stopped (exit %s)", self.url, exc.code)
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let requests in progress finish (event streams get ``graceful`` seconds), join."""
@@ -413,7 +426,7 @@ class JobServer:
 
 # --- the client -------------------------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Submission:
     """What ``POST /jobs`` answered."""
 
@@ -423,7 +436,7 @@ class Submission:
     document: dict[str, Any]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class JobOutcome:
     """A finished job as :meth:`JobClient.wait` saw it."""
 
@@ -716,8 +729,19 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"webhooks {'on' if webhooks else 'off'})", flush=True)
         server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, access_log=False, lifespan="on",
                                                timeout_graceful_shutdown=3))
-        server.run(sockets=[sock])  # in the main thread: uvicorn turns SIGINT/SIGTERM into a graceful stop
-        sock.close()
+        # uvicorn turns SIGINT/SIGTERM into a graceful stop, then raises the signal again for the handler it
+        # found; ours only notes it, so that the workers, the manager and the broker are closed below (the
+        # default SIGTERM action would end the process before they are) and a requested stop exits 0.
+        stopped_by: list[int] = []
+        previous = {sig: signal.signal(sig, lambda signum, frame: stopped_by.append(signum))
+                    for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            server.run(sockets=[sock])
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            sock.close()
+        log.info("stopped by %s", ", ".join(signal.Signals(s).name for s in stopped_by) or "the server")
         return 0
     except RingbusError as exc:
         print(f"ringbus serve-http: {exc}", file=sys.stderr)

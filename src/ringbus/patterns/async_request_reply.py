@@ -663,19 +663,32 @@ class JobWorker:
             log.error("%s: a worker thread died (%s); its job goes back to the queue", self.name, _error_text(exc))
 
     def _serve(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            try:
+                with connect(self.url) as bus:  # closing it gives back a job in hand, whatever ends the loop
+                    self._consume(bus, stop)
+                return
+            except Exception as exc:  # a lost connection (broker restart): reconnect after a pause
+                failures += 1
+                delay = self.retry.delay(failures)
+                log.warning("%s: bus connection failed (%s); reconnecting in %.2f s", self.name, _error_text(exc),
+                            delay)
+                stop.wait(delay)
+
+    def _consume(self, bus: Bus, stop: threading.Event) -> None:
         waiting_logged = False
-        with connect(self.url) as bus:
-            while not stop.is_set():
-                try:
-                    message = bus.receive(self.queue, timeout=POLL)
-                except NotFound:
-                    if not waiting_logged:
-                        log.info("%s: queue %r not declared yet; waiting for the job server", self.name, self.queue)
-                        waiting_logged = True
-                    stop.wait(POLL * 4)
-                    continue
-                if message is not None:
-                    self._handle(bus, message, stop)
+        while not stop.is_set():
+            try:
+                message = bus.receive(self.queue, timeout=POLL)
+            except NotFound:
+                if not waiting_logged:
+                    log.info("%s: queue %r not declared yet; waiting for the job server", self.name, self.queue)
+                    waiting_logged = True
+                stop.wait(POLL * 4)
+                continue
+            if message is not None:
+                self._handle(bus, message, stop)
 
     def _control(self, bus: Bus, request: dict[str, Any], *, persistent: bool = True,
                  stop: threading.Event | None = None) -> dict[str, Any] | None:

@@ -27,6 +27,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
@@ -179,7 +180,13 @@ class JobManager:
         if self._started:
             return self
         self._sender = ThreadPoolExecutor(1, thread_name_prefix="ringbus-jobs-send")
-        self._on_bus(self._declare)
+        try:
+            self._on_bus(self._declare)
+        except BaseException:
+            self._sender.submit(self._close_sender_bus)
+            self._sender.shutdown(wait=True)
+            self._sender = None
+            raise
         self._started = True
         loops = [("control", self._control_loop), ("status", self._status_loop), ("dead", self._dead_loop)]
         if self.webhooks is not None:
@@ -227,7 +234,10 @@ class JobManager:
                 self._close_sender_bus()  # a broken connection: the next call opens a new one
                 raise
 
-        return self._sender.submit(call).result(timeout)
+        try:
+            return self._sender.submit(call).result(timeout)
+        except FuturesTimeout:
+            raise PeerGone(f"the bus at {self.url!r} did not take the request within {timeout} s") from None
 
     def _close_sender_bus(self) -> None:
         if self._sender_bus is not None:
@@ -298,10 +308,6 @@ class JobManager:
                 self._counter.add(cancelled=1)
             self._changed(record)  # type: ignore[arg-type]
         return outcome, record
-
-    def document(self, record: JobRecord, base: str = "") -> dict[str, Any]:
-        """The JSON document of a job (``GET /jobs/{id}``)."""
-        return record.as_dict(base)
 
     def add_listener(self, listener: Callable[[JobRecord], None]) -> None:
         """Call ``listener(record)`` (from a manager thread) after each change this manager makes to a job."""
@@ -528,6 +534,15 @@ class Job:
         return self._cancelled
 
     def progress(self, done: float, message: str | None = None) -> None:
+        """Report that ``done`` (0.0 to 1.0) of the job is done, with an optional ``message``.
+
+        A report within ``progress_interval`` of the previous one is not sent (except ``done=1.0``).
+
+        Raises
+        ------
+        JobCancelled
+            If the client cancelled the job: stop, clean up, and let it propagate.
+        """
         if isinstance(done, bool) or not isinstance(done, (int, float)) or not 0.0 <= done <= 1.0:
             raise ValueError(f"done must be a number from 0.0 to 1.0, got {done!r}")
         if message is not None and not isinstance(message, str):

@@ -54,6 +54,8 @@ class WorkflowEngine:
 
     def stop(self, timeout: float = 30.0) -> bool:
         """Stop both (operations stay in the store and resume at the next start); close a store it opened."""
+        self.scheduler._stop.set()  # both wind down at once; the joins below wait for each
+        self.supervisor._stop.set()
         try:
             stopped = self.scheduler.stop(timeout)
         finally:

@@ -155,10 +155,12 @@ def spawn(name: str, url: str, orders: int = 0) -> subprocess.Popen[str]:
         selector.register(process.stdout, selectors.EVENT_READ)
         if not selector.select(timeout=30.0):
             process.kill()
+            process.communicate()
             raise TimeoutError(f"service {name} did not start within 30 s")
     line = process.stdout.readline()
     if line.strip() != f"ready {name}":
         process.kill()
+        process.communicate()
         raise RuntimeError(f"service {name} failed to start: {line!r}")
     return process
 
@@ -172,6 +174,7 @@ def finish(processes: list[subprocess.Popen[str]]) -> list[str]:
     for process in processes:
         assert process.stdout is not None
         out = process.stdout.read()
+        process.stdout.close()
         process.wait(30.0)
         lines.append(out.strip().splitlines()[-1] if out.strip() else f"(exit {process.returncode})")
     return lines

@@ -93,6 +93,12 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_http(args: argparse.Namespace) -> int:
+    from ringbus.http import main
+
+    return main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringbus", description=ringbus.__doc__)
     parser.add_argument("--version", action="version", version=f"ringbus {ringbus.__version__}")
@@ -130,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(handler=_stats)
+
+    # Every flag, --help included, goes through to ringbus.http.main (it has its own parser).
+    serve = commands.add_parser("serve-http", help="serve asynchronous request-reply over HTTP (POST /jobs -> 202, "
+                                "GET /jobs/{id}, events, webhooks)", add_help=False, prefix_chars="\0")
+    serve.add_argument("args", nargs=argparse.REMAINDER)
+    serve.set_defaults(handler=_serve_http)
     return parser
 
 

@@ -70,6 +70,7 @@ SUBSCRIBER_BUFFER = 10_000
 ACK_BATCH = 256
 ACK_HOLD = 0.05
 SEND_CHUNK = 256  # messages per command of a send_many
+FETCH_GRACE = 5.0  # seconds past its wait that a FETCH may take before it is asked again
 _rid = struct.Struct(">Q").pack
 
 
@@ -452,8 +453,16 @@ class BrokerBus(Bus):
 
     def _fetch(self, queue: str, max_items: int, wait: float, consumer: _Consumer | None) -> list[Message]:
         """One FETCH: up to ``max_items`` deliveries, waiting up to ``wait`` seconds at the broker for the first."""
-        payload, frames = self._call(Command.FETCH, {"queue": queue, "max": max_items, "wait": wait,
-                                                     "session": self._session}, timeout=wait + self._timeout)
+        # A long poll unanswered well past its wait means the broker went away (a restarted broker never saw
+        # it): give up on it soon and let the caller ask again, rather than waiting out the command timeout.
+        try:
+            payload, frames = self._call(Command.FETCH, {"queue": queue, "max": max_items, "wait": wait,
+                                                         "session": self._session},
+                                         timeout=wait + min(self._timeout, FETCH_GRACE))
+        except PeerGone:
+            if self._closed:
+                raise
+            return []
         messages = []
         for tag, wire in zip(payload["tags"], split_batch(payload["frames"], payload.get("inline", []), frames)):
             message = decode(wire)

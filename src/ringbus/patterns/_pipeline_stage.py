@@ -15,10 +15,11 @@ from typing import Any, Callable, Iterable, Iterator
 
 import msgspec
 
+from ringbus.errors import RingbusError
+
 from ringbus.patterns._pipeline_wire import (
     DATA,
     DEAD,
-    SEQ,
     FrameTooLarge,
     Reorderer,
     Stopped,
@@ -28,9 +29,12 @@ from ringbus.patterns._pipeline_wire import (
     inlet_for,
     outlet_for,
     pack,
+    pack_seq,
+    seq_items,
 )
 
-__all__ = ["Stage", "DeadLetter", "StageFailed", "apply_item", "dead_record", "error_text", "ENCODE_ERRORS",
+__all__ = ["Stage", "DeadLetter", "StageFailed", "PipelineError", "FLUSH", "apply_item", "apply_batch", "spread",
+           "dead_record", "error_text", "ENCODE_ERRORS",
            "COUNTERS", "RECEIVED", "DONE", "EMITTED", "FAILED", "READY", "WorkerSpec", "worker_main",
            "process_main"]
 
@@ -41,8 +45,19 @@ ENCODE_ERRORS = (TypeError, OverflowError, ValueError, msgspec.EncodeError)
 # dead-lettered, attached.
 COUNTERS = ("received", "done", "emitted", "failed", "ready")
 RECEIVED, DONE, EMITTED, FAILED, READY = range(len(COUNTERS))
-# A value of one of these types is one output even though Python can iterate over some of them.
-_ONE = (str, bytes, bytearray, memoryview, dict, int, float, bool, list, tuple)
+
+
+class _Flush:
+    def __repr__(self) -> str:
+        return "ringbus.patterns.pipeline.FLUSH"
+
+
+FLUSH: Any = _Flush()
+"""Yield this from a live source to send the items batched so far now (a source that waits for input)."""
+
+
+class PipelineError(RingbusError):
+    """A run could not finish: a stage process died or a stream stage raised; names the stage and the reason."""
 
 
 class StageFailed(Exception):
@@ -147,61 +162,134 @@ def dead_record(stage: str, exc: BaseException, item: Any) -> list[Any]:
     return [stage, type(exc).__name__, error_text(exc), item]
 
 
-def apply_item(fn: Callable[[Any], Any], fan_out: bool, item: Any, out: list[Any]) -> None:
-    """Append what ``fn(item)`` makes of ``item`` to ``out``: nothing, one value, or every value of an iterator.
-
-    An iterator is drained before anything is appended, so an item whose generator fails half way gives none.
-    """
-    result = fn(item)
+def spread(result: Any, fan_out: bool, out: list[Any]) -> None:
+    """Append what one call of a stage returned to ``out``: nothing for None, every value of an iterator
+    (drained first, so a generator that fails half way adds none), each value of a list or tuple with
+    ``fan_out``, else the value itself."""
     if result is None:
         return
-    if isinstance(result, _ONE):
-        if fan_out and isinstance(result, (list, tuple)):
+    if isinstance(result, (list, tuple)):
+        if fan_out:
             out.extend(result)
         else:
             out.append(result)
+    elif isinstance(result, (str, bytes, bytearray, memoryview, dict)):
+        out.append(result)
     elif hasattr(result, "__next__"):
         out.extend(list(result))
     else:
         out.append(result)
 
 
-def apply_all(fn: Callable[[Any], Any], fan_out: bool, name: str, items: Iterable[Any], out: list[Any],
-              dead: list[list[Any]]) -> None:
-    """:func:`apply_item` on each item; a failing one becomes a dead letter in ``dead`` and the rest go on."""
-    for item in items:
+def apply_item(fn: Callable[[Any], Any], fan_out: bool, item: Any, out: list[Any]) -> None:
+    """Append what ``fn(item)`` makes of ``item`` to ``out`` (see :func:`spread`)."""
+    spread(fn(item), fan_out, out)
+
+
+# Result types that are one output each as they are (the fast path of apply_batch).
+_ONE = frozenset({int, float, str, bytes, bool, dict, list, tuple})
+_ONE_FAN_OUT = _ONE - {list, tuple}
+
+
+def apply_batch(fn: Callable[[Any], Any], fan_out: bool, name: str, items: list[Any],
+                dead: list[list[Any]]) -> tuple[list[Any], list[int] | None]:
+    """``fn`` on every item: the outputs, and how many each item gave (None: exactly one each).
+
+    A failing item becomes a dead letter in ``dead`` and gives none; the rest go on. The calls run in
+    ``map`` (C) and the common case - one plain value per item - is recognised from the set of result types,
+    which keeps a trivial stage's cost per item to the call itself.
+    """
+    results: list[Any] = []
+    failed: list[int] = []
+    source = iter(items)
+    total = len(items)
+    while True:
         try:
-            apply_item(fn, fan_out, item, out)
+            results.extend(map(fn, source))
         except Exception as exc:  # noqa: BLE001 - a failing item is dead-lettered, the rest flow
+            pos = len(results) + len(failed)
+            failed.append(pos)
+            dead.append(dead_record(name, exc, items[pos]))
+            continue
+        pos = len(results) + len(failed)
+        if pos == total:
+            break
+        # map stops quietly when fn raises StopIteration: that item failed too
+        failed.append(pos)
+        dead.append(dead_record(name, RuntimeError(f"stage {name!r} raised StopIteration"), items[pos]))
+    if not failed and set(map(type, results)) <= (_ONE_FAN_OUT if fan_out else _ONE):
+        return results, None
+    outs: list[Any] = []
+    counts: list[int] = []
+    failed_at = set(failed)
+    taken = iter(results)
+    for pos, item in enumerate(items):
+        if pos in failed_at:
+            counts.append(0)
+            continue
+        before = len(outs)
+        try:
+            spread(next(taken), fan_out, outs)
+        except Exception as exc:  # noqa: BLE001 - a generator that fails half way: the item is dead-lettered
+            del outs[before:]
             dead.append(dead_record(name, exc, item))
+        counts.append(len(outs) - before)
+    return outs, counts
 
 
-def encodable(stage: str, items: list[Any], limit: int, dead: list[list[Any]], *, nested: bool) -> list[Any]:
-    """``items`` without the outputs that cannot travel (not msgpack, or too large); those become dead letters."""
+def per_item(counts: list[int] | None, size: int) -> list[int]:
+    return [1] * size if counts is None else counts
+
+
+def outputs_per_seq(items_per_seq: list[int] | None, outs_per_item: list[int] | None) -> list[int] | None:
+    """Outputs per source item, from items per source item and outputs per item (None: one each)."""
+    if outs_per_item is None:
+        result = items_per_seq
+    elif items_per_seq is None:
+        result = outs_per_item
+    else:
+        result = []
+        i = 0
+        for c in items_per_seq:
+            result.append(sum(outs_per_item[i:i + c]))
+            i += c
+    return None if result is None or all(c == 1 for c in result) else result
+
+
+def pack_outputs(stage: str, outs: list[Any], limit: int, dead: list[list[Any]],
+                 seq: tuple[int, list[int] | None] | None = None) -> list[bytes]:
+    """Frames of a stage's outputs (DATA, or SEQ from ``seq = (first, counts)``); outputs that cannot travel
+    (not msgpack, or too large) go to ``dead`` and the rest on."""
+    try:
+        return pack(DATA, outs, limit) if seq is None else pack_seq(seq[0], seq[1], outs, limit)
+    except (FrameTooLarge, *ENCODE_ERRORS):
+        pass
+
     def fits(value: Any) -> bool:
         try:
             size = len(encode(value))
-            if size + 16 > limit:
-                raise FrameTooLarge(f"an output of {size} bytes (encoded) is larger than the pipeline's largest "
-                                    f"message, {limit} bytes: raise channel_bytes")
+            if size + 32 > limit:
+                raise FrameTooLarge(f"{size} bytes (encoded) is more than the pipeline's largest message, "
+                                    f"{limit} bytes: raise channel_bytes")
             return True
         except (FrameTooLarge, *ENCODE_ERRORS) as exc:
             dead.append([stage, type(exc).__name__, f"stage {stage!r} returned a value that cannot be sent "
                          f"({error_text(exc)}); items are msgpack types", repr(value)[:MAX_REPR]])
             return False
 
-    if nested:
-        return [[v for v in sub if fits(v)] for sub in items]
-    return [v for v in items if fits(v)]
-
-
-def pack_outputs(stage: str, kind: int, items: list[Any], limit: int, dead: list[list[Any]],
-                 first: int = 0) -> list[bytes]:
-    """Frames of a stage's outputs; outputs that cannot be encoded go to ``dead`` and the rest on."""
-    try:
-        return pack(kind, items, limit, first)
-    except (FrameTooLarge, *ENCODE_ERRORS):
-        return pack(kind, encodable(stage, items, limit, dead, nested=kind == SEQ), limit, first)
+    if seq is None:
+        return pack(DATA, [v for v in outs if fits(v)], limit)
+    kept: list[Any] = []
+    counts: list[int] = []
+    i = 0
+    for c in per_item(seq[1], len(outs)):
+        group = [v for v in outs[i:i + c] if fits(v)]
+        i += c
+        if len(group) > 1 and not fits(group):  # one item's outputs must travel in one frame
+            group = []
+        kept += group
+        counts.append(len(group))
+    return pack_seq(seq[0], counts, kept, limit)
 
 
 # --- the worker process ---------------------------------------------------------------------------------------
@@ -275,44 +363,34 @@ def worker_main(spec: WorkerSpec, counts: Any, errors: Any, finished: Callable[[
 
 
 def _run_items(spec: WorkerSpec, fn: Callable[[Any], Any], inlet: Any, outlet: Any, counts: Any) -> None:
-    name, fan_out, limit, slot = spec.name, spec.fan_out, outlet.limit, spec.slot
+    name, fan_out, limit, slot, ordered = spec.name, spec.fan_out, outlet.limit, spec.slot, spec.ordered
     send = outlet.send
     for frames in inlet.batches():
+        decoded = []
+        for frame in frames:
+            if frame[1] == DEAD:
+                send(frame, dead=True)
+            else:
+                decoded.append(decode(frame))
+        if not decoded:
+            continue
+        taken = sum(len(d[-1]) for d in decoded)
+        counts[slot + RECEIVED] += taken
         dead: list[list[Any]] = []
-        if spec.ordered:
-            runs = []
-            taken = 0
-            for frame in frames:
-                if frame[1] == DEAD:
-                    send(frame, dead=True)
-                    continue
-                _, first, lists = decode(frame)
-                taken += sum(map(len, lists))
-                runs.append((first, lists))
-            counts[slot + RECEIVED] += taken
-            emitted = 0
-            out_frames = []
-            for first, lists in runs:
-                new = []
-                for sub in lists:
-                    out: list[Any] = []
-                    apply_all(fn, fan_out, name, sub, out, dead)
-                    emitted += len(out)
-                    new.append(out)
-                out_frames += pack_outputs(name, SEQ, new, limit, dead, first)
+        out_frames: list[bytes] = []
+        emitted = 0
+        if ordered:
+            for _, first, items_per_seq, flat in decoded:
+                outs, outs_per_item = apply_batch(fn, fan_out, name, flat, dead)
+                emitted += len(outs)
+                out_frames += pack_outputs(name, outs, limit, dead,
+                                           (first, outputs_per_seq(items_per_seq, outs_per_item)))
         else:
-            items: list[Any] = []
-            for frame in frames:
-                if frame[1] == DEAD:
-                    send(frame, dead=True)
-                else:
-                    items += decode(frame)[1]
-            counts[slot + RECEIVED] += len(items)
-            outs: list[Any] = []
-            apply_all(fn, fan_out, name, items, outs, dead)
-            out_frames = pack_outputs(name, DATA, outs, limit, dead) if outs else []
+            items = decoded[0][1] if len(decoded) == 1 else [x for d in decoded for x in d[1]]
+            outs, _ = apply_batch(fn, fan_out, name, items, dead)
             emitted = len(outs)
-            taken = len(items)
+            if outs:
+                out_frames = pack_outputs(name, outs, limit, dead)
         _send_out(outlet, dead, out_frames, counts, slot, emitted)
         counts[slot + DONE] += taken
 
@@ -341,10 +419,10 @@ def _run_stream(spec: WorkerSpec, fn: Callable[[Iterator[Any]], Iterable[Any]], 
             return
         dead: list[list[Any]] = []
         if ordered:
-            frames = pack_outputs(name, SEQ, [[out] for out in pending], limit, dead, seq)
+            frames = pack_outputs(name, pending, limit, dead, (seq, None))
             seq += len(pending)
         else:
-            frames = pack_outputs(name, DATA, pending, limit, dead)
+            frames = pack_outputs(name, pending, limit, dead)
         _send_out(outlet, dead, frames, counts, slot, len(pending))
         pending.clear()
 
@@ -357,11 +435,11 @@ def _run_stream(spec: WorkerSpec, fn: Callable[[Iterator[Any]], Iterable[Any]], 
                     continue
                 decoded = decode(frame)
                 if ordered:
-                    for run in reorder.push(decoded[1], decoded[2]):
-                        for sub in run:
-                            counts[slot + RECEIVED] += len(sub)
-                            counts[slot + DONE] += len(sub)
-                            yield from sub
+                    _, first, items_per_seq, flat = decoded
+                    for run in reorder.push(first, seq_items(items_per_seq, flat), flat):
+                        counts[slot + RECEIVED] += len(run)
+                        counts[slot + DONE] += len(run)
+                        yield from run
                 else:
                     counts[slot + RECEIVED] += len(decoded[1])
                     counts[slot + DONE] += len(decoded[1])

@@ -3,8 +3,9 @@
 A frame is one msgpack array whose first element is its kind, so ``frame[1]`` tells the kind without decoding:
 
 - ``[DATA, items]``: items of an unordered pipeline;
-- ``[SEQ, first, outs]``: an ordered pipeline's items ``first, first + 1, ...``, each a list of the values it
-  has become so far (empty once filtered or dead-lettered);
+- ``[SEQ, first, counts, flat]``: an ordered pipeline's items ``first, first + 1, ...``: ``flat`` holds the
+  values they have become so far, ``counts[i]`` of them for the i-th item (0 once filtered or dead-lettered),
+  or exactly one each when ``counts`` is None (the common case, kept cheap);
 - ``[DEAD, records]``: dead letters ``[stage, error_type, error, item]``, passed on unchanged to the sink;
 - ``[EOS, sender]``: the sender has sent everything.
 
@@ -22,8 +23,8 @@ import msgspec
 
 from ringbus.errors import Closed, Empty, Full, PeerGone, RingbusError
 
-__all__ = ["DATA", "SEQ", "DEAD", "EOS", "POLL", "encode", "decode", "pack", "ShmOutlet", "ShmInlet", "ZmqOutlet",
-           "ZmqInlet", "Reorderer", "Stopped", "outlet_for", "inlet_for"]
+__all__ = ["DATA", "SEQ", "DEAD", "EOS", "POLL", "encode", "decode", "pack", "pack_seq", "seq_items", "ShmOutlet",
+           "ShmInlet", "ZmqOutlet", "ZmqInlet", "Reorderer", "Stopped", "outlet_for", "inlet_for"]
 
 DATA, SEQ, DEAD, EOS = 0, 1, 2, 3
 POLL = 0.2  # seconds a blocked send or receive waits before it checks whether it should stop
@@ -43,19 +44,75 @@ class FrameTooLarge(ValueError):
     """One item, encoded, is larger than the link's largest message."""
 
 
-def pack(kind: int, items: list[Any], limit: int, first: int = 0) -> list[bytes]:
-    """Frames of ``kind`` holding ``items`` (split in halves until each fits in ``limit`` bytes), in order.
+def pack(kind: int, items: list[Any], limit: int) -> list[bytes]:
+    """DATA or DEAD frames holding ``items`` (split in halves until each fits in ``limit`` bytes), in order.
 
-    Raises FrameTooLarge for an item that alone does not fit, TypeError for one msgpack cannot encode.
+    Raises FrameTooLarge for an item that alone does not fit, TypeError (or OverflowError) for one msgpack
+    cannot encode.
     """
-    frame = encode([kind, first, items] if kind == SEQ else [kind, items])
+    frame = encode([kind, items])
     if len(frame) <= limit:
         return [frame]
     if len(items) == 1:
         raise FrameTooLarge(f"an item of {len(frame)} bytes (encoded) is larger than the pipeline's largest "
                             f"message, {limit} bytes: raise channel_bytes (a message may use half a channel)")
     half = len(items) // 2
-    return pack(kind, items[:half], limit, first) + pack(kind, items[half:], limit, first + half)
+    return pack(kind, items[:half], limit) + pack(kind, items[half:], limit)
+
+
+def pack_seq(first: int, counts: list[int] | None, flat: list[Any], limit: int) -> list[bytes]:
+    """SEQ frames: items ``first, first + 1, ...`` whose outputs are ``flat``, ``counts[i]`` of them for the
+    i-th (None: exactly one each); split between items until each frame fits in ``limit`` bytes."""
+    frame = encode([SEQ, first, counts, flat])
+    if len(frame) <= limit:
+        return [frame]
+    items = len(flat) if counts is None else len(counts)
+    if items == 1:
+        raise FrameTooLarge(f"the outputs of one item take {len(frame)} bytes (encoded), more than the "
+                            f"pipeline's largest message, {limit} bytes: raise channel_bytes")
+    half = items // 2
+    if counts is None:
+        return pack_seq(first, None, flat[:half], limit) + pack_seq(first + half, None, flat[half:], limit)
+    split = sum(counts[:half])
+    return (pack_seq(first, counts[:half], flat[:split], limit)
+            + pack_seq(first + half, counts[half:], flat[split:], limit))
+
+
+def seq_items(counts: list[int] | None, flat: list[Any]) -> int:
+    """How many source items a SEQ frame stands for."""
+    return len(flat) if counts is None else len(counts)
+
+
+class Reorderer:
+    """Puts the SEQ frames of an ordered pipeline back in order of their first item.
+
+    ``push`` returns the output lists that are next in line. ``held`` counts the outputs waiting for an
+    earlier item; ``peak`` the most that ever waited (bounded by what the channels hold in flight: every
+    sender of an ordered pipeline deals its frames round-robin and blocks on a full channel).
+    """
+
+    def __init__(self) -> None:
+        self.next = 0
+        self.pending: dict[int, tuple[int, list[Any]]] = {}
+        self.held = 0
+        self.peak = 0
+
+    def push(self, first: int, items: int, flat: list[Any]) -> list[list[Any]]:
+        if first != self.next:
+            self.pending[first] = (items, flat)
+            self.held += len(flat)
+            if self.held > self.peak:
+                self.peak = self.held
+            return []
+        ready = [flat]
+        self.next = first + items
+        pending = self.pending
+        while self.next in pending:
+            items, flat = pending.pop(self.next)
+            self.held -= len(flat)
+            ready.append(flat)
+            self.next += items
+        return ready
 
 
 def send_blocking(target: Any, frame: Any, check: Check) -> None:
@@ -68,46 +125,15 @@ def send_blocking(target: Any, frame: Any, check: Check) -> None:
             check()
 
 
-class Reorderer:
-    """Puts the ``[SEQ, first, outs]`` frames of an ordered pipeline back in order of ``first``.
-
-    ``push`` returns the runs of ``outs`` that are next in line. ``held`` counts the items waiting for an
-    earlier one; ``peak`` the most that ever waited (bounded by what the channels hold in flight, since every
-    sender deals its frames round-robin and blocks on a full channel).
-    """
-
-    def __init__(self) -> None:
-        self.next = 0
-        self.pending: dict[int, list[Any]] = {}
-        self.held = 0
-        self.peak = 0
-
-    def push(self, first: int, outs: list[Any]) -> list[list[Any]]:
-        if first != self.next:
-            self.pending[first] = outs
-            self.held += len(outs)
-            if self.held > self.peak:
-                self.peak = self.held
-            return []
-        ready = [outs]
-        self.next = first + len(outs)
-        pending = self.pending
-        while self.next in pending:
-            outs = pending.pop(self.next)
-            self.held -= len(outs)
-            ready.append(outs)
-            self.next += len(outs)
-        return ready
-
-
 # --- shared memory --------------------------------------------------------------------------------------------
 
 class ShmOutlet:
     """A sender's side of a link over ShmChannel: one channel to each receiver of the next stage.
 
-    Unordered pipelines send each frame to the channel with the fewest bytes waiting (so a slow receiver gets
-    less); ordered ones deal frames round-robin, which keeps how far receivers drift apart within what the
-    channels hold. Either way a send blocks while the chosen channel is full: back-pressure.
+    Frames are dealt round-robin. Unordered pipelines pass over a receiver whose channel is full (so a slow
+    receiver gets less) and wait only when every channel is full; ordered ones wait for the receiver whose
+    turn it is, which keeps how far receivers drift apart within what the channels hold. Either way the
+    sender blocks while it has no room: back-pressure.
     """
 
     def __init__(self, channels: Sequence[Any], sender: int, *, ordered: bool, check: Check) -> None:
@@ -118,19 +144,26 @@ class ShmOutlet:
         self.limit = min(ch.max_message for ch in self.channels)
         self._next = 0
 
-    def _pick(self) -> Any:
-        channels = self.channels
-        if len(channels) == 1:
-            return channels[0]
-        if self.ordered:
-            ch = channels[self._next]
-            self._next = (self._next + 1) % len(channels)
-            return ch
-        return min(channels, key=lambda c: c.bytes_used())
-
     def send(self, frame: bytes | memoryview, *, dead: bool = False) -> None:
-        # Dead letters do not take a turn of the round-robin: they need no order.
-        send_blocking(self.channels[0] if dead and self.ordered else self._pick(), frame, self.check)
+        channels = self.channels
+        n = len(channels)
+        if n == 1:
+            send_blocking(channels[0], frame, self.check)
+            return
+        if dead and self.ordered:  # dead letters need no order: they do not take a turn
+            send_blocking(channels[0], frame, self.check)
+            return
+        turn = self._next
+        if not self.ordered:
+            for i in range(n):
+                try:
+                    channels[(turn + i) % n].send(frame, 0)
+                    self._next = (turn + i + 1) % n
+                    return
+                except Full:
+                    continue
+        self._next = (turn + 1) % n
+        send_blocking(channels[turn], frame, self.check)
 
     def close(self, *, clean: bool = True) -> None:
         """Send end-of-stream on every channel (when ``clean``), then close them."""

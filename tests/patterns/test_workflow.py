@@ -44,6 +44,7 @@ from ringbus.patterns.workflow.wire import TaskMessage, decode_report, encode, r
 
 from .bus_fixtures import python_env, run_example, thread_broker, url, wait_until  # noqa: F401
 from .workflow_orders import (
+    AgentCrash,
     running,
     stop_agents,
     CallLog,
@@ -97,7 +98,15 @@ def peers() -> Iterator[list[Peer]]:
 
 
 def start_agents(url: str, name: str, log: CallLog, n: int, **options: Any) -> list[Agent]:
-    return [Agent(url, order_actions(log, **options), name=name, poll=0.1).start() for _ in range(n)]
+    agents = []
+    for _ in range(n):
+        agent = Agent(url, order_actions(log, **options), name=name, poll=0.1)
+        agents.append(agent)
+        try:
+            agent.start()
+        except AgentCrash:
+            pass  # it took a task that kills it before start() returned: dead already, as planned
+    return agents
 
 
 def finished(store: StateStore) -> int:
@@ -113,7 +122,9 @@ def test_orders_complete_or_compensate(url: str, tmp_path: Path, peers: list[Pee
     orders = {f"order-{o['order']}": o for o in plan(ORDERS)}
     ids = list(orders)
     crash_once = {ids[5], ids[17]}  # these orders' first action attempt kills the agent thread running it
-    engine = WorkflowEngine(url, order_workflow(), name=name, store=tmp_path / "wf.sqlite3", check_interval=0.2)
+    # Two scheduler threads: reports of one operation may be handled by either (the store's compare-and-set).
+    engine = WorkflowEngine(url, order_workflow(), name=name, store=tmp_path / "wf.sqlite3", check_interval=0.2,
+                            schedulers=2)
     engine.start()
     agents: list[Agent] = []
     try:
@@ -151,6 +162,7 @@ def test_orders_complete_or_compensate(url: str, tmp_path: Path, peers: list[Pee
 
 
 # -- kill -9 of the scheduler + supervisor process mid-run, twice: every operation still ends --------------------
+@pytest.mark.integration
 def test_engine_killed_and_restarted(tmp_path: Path, peers: list[Peer]) -> None:
     with ringbus.Broker(tmp_path / "broker", "tcp://127.0.0.1:0") as broker:
         url, name, store_path = broker.endpoint, "orders", tmp_path / "wf.sqlite3"
@@ -348,6 +360,40 @@ def test_late_success_after_giving_up_is_compensated(url: str, tmp_path: Path) -
     assert [c[0] for c in acts.calls] == ["pay", "slow", "refund", "undo_slow"]
 
 
+def test_late_compensation_success_resumes_compensating(url: str, tmp_path: Path) -> None:
+    """A compensation given up on (timed out) that then succeeds: the operation leaves compensation_failed and
+    the earlier compensations run."""
+    clock, release, calls = Clock(), threading.Event(), []
+
+    def call(task: Task) -> None:
+        calls.append((task.action, task.attempt))
+        if task.action == "release" and task.attempt == 1:
+            assert release.wait(60)
+        if task.action == "ship":
+            raise PermanentError("no carrier")
+
+    once = Retry(max_attempts=1, backoff=FAST)
+    wf = Workflow("order", [Step("pay", compensation="refund"),
+                            Step("reserve", compensation="release", timeout=10.0, compensation_retry=once),
+                            Step("ship")])
+    actions = {name: call for name in ("pay", "refund", "reserve", "release", "ship")}
+    with running(url, tmp_path / "wf.sqlite3", wf, actions, clock=clock, check_interval=0.02) as (engine, bus, _):
+        op_id = engine.submit(bus, {})
+        wait_until(lambda: ("release", 1) in calls and engine.operation(op_id).active.state == "running",  # type: ignore[union-attr]
+                   "release running")
+        clock.advance(11.0)
+        assert engine.wait([op_id], timeout=30) == {op_id: "compensation_failed"}
+        assert engine.stats().operations_compensation_failed == 1
+        release.set()  # the release did happen: carry on with the refund
+        wait_until(lambda: engine.operation(op_id).status == "compensated", "compensated")  # type: ignore[union-attr]
+        op = engine.operation(op_id)
+        stats = engine.stats()
+    assert [c[0] for c in calls] == ["pay", "reserve", "ship", "release", "refund"]
+    assert op is not None and {n: s.status for n, s in op.steps.items()} == \
+        {"pay": "compensated", "reserve": "compensated", "ship": "failed"}
+    assert (stats.operations_compensated, stats.operations_compensation_failed) == (1, 0)
+
+
 # -- a compensation that fails for good: compensation_failed, and nothing before it is undone out of order ---------
 def test_compensation_failing_for_good(url: str, tmp_path: Path) -> None:
     calls: list[str] = []
@@ -478,6 +524,7 @@ def test_bad_arguments_are_named(make: Any, error: type[Exception], words: str) 
     ({"store": 42}, TypeError, "store"),
     ({"check_interval": 0}, ValueError, "interval"),
     ({"prefetch": 0}, ValueError, "prefetch"),
+    ({"schedulers": 0}, ValueError, "schedulers"),
 ])
 def test_bad_engine_arguments_are_named(tmp_path: Path, options: dict[str, Any], error: type[Exception],
                                         words: str) -> None:
@@ -501,6 +548,7 @@ def test_submit_checks_its_input(tmp_path: Path) -> None:
 
 
 # -- the example --------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_example_runs() -> None:
     out = run_example("order_workflow.py")
     assert "compensated" in out and "loaded from ASL" in out

@@ -30,12 +30,13 @@ def main() -> None:
     parser.add_argument("--pause", type=float, default=0.0)
     parser.add_argument("--check-interval", type=float, default=0.2)
     parser.add_argument("--name", default="orders")
+    parser.add_argument("--schedulers", type=int, default=2)
     args = parser.parse_args()
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     if args.role == "engine":
         runner: WorkflowEngine | Agent = WorkflowEngine(args.url, order_workflow(), name=args.name, store=args.path,
-                                                         check_interval=args.check_interval)
+                                                         check_interval=args.check_interval, schedulers=args.schedulers)
     else:
         runner = Agent(args.url, order_actions(CallLog(args.path), hang=args.hang, pause=(0.0, args.pause)),
                        name=args.name)

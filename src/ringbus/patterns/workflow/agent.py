@@ -188,14 +188,16 @@ class Agent(BackgroundConsumer):
 
     def _execute(self, task: TaskMessage) -> bytes:
         """Run the task's action; the encoded result report (ok or error)."""
-        head = {"op": task.op, "workflow": task.workflow, "step": task.step, "kind": task.kind,
-                "attempt": task.attempt, "agent": self.agent_id}
+        def result(**fields: Any) -> bytes:
+            return encode(Report("result", task.op, workflow=task.workflow, step=task.step, kind=task.kind,
+                                 attempt=task.attempt, agent=self.agent_id, **fields))
+
         fn = self.actions.get(task.action)
         if fn is None:
             self._counter.add(failed=1)
             cause = f"agent {self.agent_id} has no action {task.action!r} (it has: {', '.join(sorted(self.actions))})"
             log.error("%s", cause)
-            return encode(Report("result", error={"Error": ACTION_NOT_FOUND, "Cause": cause}, **head))
+            return result(error={"Error": ACTION_NOT_FOUND, "Cause": cause})
         self._counter.add(in_flight=1)
         try:
             output = fn(Task(task.op, task.workflow, task.step, task.kind, task.action, task.attempt, task.key,
@@ -205,16 +207,15 @@ class Agent(BackgroundConsumer):
             permanent = isinstance(exc, PermanentError)
             log.info("%s %r of %s (attempt %d) failed%s: %s: %s", task.kind, task.action, task.op, task.attempt,
                      " for good" if permanent else "", type(exc).__name__, exc)
-            return encode(Report("result", error={"Error": type(exc).__name__, "Cause": _cause(exc)},
-                                 permanent=permanent, **head))
+            return result(error={"Error": type(exc).__name__, "Cause": _cause(exc)}, permanent=permanent)
         finally:
             self._counter.add(in_flight=-1)
         try:
-            body = encode(Report("result", ok=True, output=output, **head))
+            body = result(ok=True, output=output)
         except (TypeError, msgspec.EncodeError) as exc:
             self._counter.add(failed=1)
-            return encode(Report("result", error={"Error": RUNTIME, "Cause": f"the result of {task.action!r} is not "
-                                                  f"JSON-serializable: {exc}"}, permanent=True, **head))
+            return result(error={"Error": RUNTIME, "Cause": f"the result of {task.action!r} is not JSON-serializable: "
+                                 f"{exc}"}, permanent=True)
         self._counter.add(processed=1)
         return body
 

@@ -17,53 +17,67 @@ __all__ = ["WorkflowEngine"]
 
 
 class WorkflowEngine:
-    """Run operations of ``workflows``: a :class:`Scheduler` and a :class:`Supervisor` in threads of this process.
+    """Run operations of ``workflows``: :class:`Scheduler` thread(s) and a :class:`Supervisor` in this process.
 
     Agents run elsewhere (other threads, other processes, other machines on the same broker). Parameters are
     those of :class:`Scheduler` and :class:`Supervisor`: ``store`` is a :class:`StateStore` or a SQLite path
     (default ``<data_dir>/workflows.sqlite3``, ``data_dir`` default ``./ringbus-data``), ``check_interval`` the
-    supervisor's ``interval``.
+    supervisor's ``interval``; ``schedulers`` scheduler threads share the results queue (each waits for the
+    broker's confirm of every task it sends, so several overlap those waits; the store's compare-and-set keeps
+    two of them from applying reports of one operation at the same time).
     """
 
     def __init__(self, url: str, workflows: Workflows, *, name: str = "workflow",
                  store: StateStore | str | os.PathLike[str] | None = None, data_dir: str | os.PathLike[str] | None = None,
-                 clock: Callable[[], float] = time.time, check_interval: float = 1.0, prefetch: int = 32,
-                 poll: float = 0.25, task_visibility: float = 3600.0) -> None:
+                 clock: Callable[[], float] = time.time, check_interval: float = 1.0, schedulers: int = 1,
+                 prefetch: int = 32, poll: float = 0.25, task_visibility: float = 3600.0) -> None:
+        if isinstance(schedulers, bool) or not isinstance(schedulers, int) or schedulers < 1:
+            raise ValueError(f"schedulers must be an int >= 1, got {schedulers!r}")
         self._owns_store = not isinstance(store, StateStore)
         self.store = open_store(store, data_dir)  # type: ignore[arg-type]
         try:
-            self.scheduler = Scheduler(url, workflows, store=self.store, name=name, clock=clock, prefetch=prefetch,
-                                       poll=poll, task_visibility=task_visibility)
+            self.schedulers = [Scheduler(url, workflows, store=self.store, name=name, clock=clock, prefetch=prefetch,
+                                         poll=poll, task_visibility=task_visibility) for _ in range(schedulers)]
             self.supervisor = Supervisor(url, workflows, store=self.store, name=name, clock=clock,
                                          interval=check_interval, task_visibility=task_visibility)
         except BaseException:
             if self._owns_store:
                 self.store.close()
             raise
-        self.url, self.name, self.workflows = url, name, self.scheduler.workflows
+        self.url, self.name, self.workflows = url, name, self.supervisor.workflows
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The first scheduler."""
+        return self.schedulers[0]
 
     def start(self, timeout: float = 30.0) -> WorkflowEngine:
-        """Start the supervisor (which first resends what a crash left scheduled), then the scheduler."""
+        """Start the supervisor (which first resends what a crash left scheduled), then the scheduler(s)."""
         self.supervisor.start(timeout)
         try:
-            self.scheduler.start(timeout)
+            for scheduler in self.schedulers:
+                scheduler.start(timeout)
         except BaseException:
-            self.supervisor.stop()
+            self.stop()
             raise
         return self
 
     def stop(self, timeout: float = 30.0) -> bool:
-        """Stop both (operations stay in the store and resume at the next start); close a store it opened."""
-        self.scheduler._stop.set()  # both wind down at once; the joins below wait for each
-        self.supervisor._stop.set()
-        try:
-            stopped = self.scheduler.stop(timeout)
-        finally:
+        """Stop them all (operations stay in the store and resume at the next start); close a store it opened.
+        Raises the error that stopped a scheduler or the supervisor, if one did."""
+        runners = [*self.schedulers, self.supervisor]
+        for runner in runners:
+            runner._stop.set()  # all wind down at once; the joins below wait for each
+        stopped, error = True, None
+        for runner in runners:
             try:
-                stopped = self.supervisor.stop(timeout) and stopped
-            finally:
-                if self._owns_store:
-                    self.store.close()
+                stopped = runner.stop(timeout) and stopped
+            except BaseException as exc:  # noqa: BLE001 - raised below, once everything is stopped
+                error = error or exc
+        if self._owns_store:
+            self.store.close()
+        if error is not None:
+            raise error
         return stopped
 
     def __enter__(self) -> WorkflowEngine:
@@ -104,21 +118,20 @@ class WorkflowEngine:
         ids = list(operation_ids)
         deadline = time.monotonic() + timeout
         statuses: dict[str, str] = {}
-        while True:
-            for op_id in ids:
-                if op_id not in statuses:
-                    op = self.store.load(op_id)
-                    if op is not None and op.status in FINISHED:
-                        statuses[op_id] = op.status
-            if len(statuses) == len(ids):
-                return statuses
-            if time.monotonic() >= deadline:
-                left = [i for i in ids if i not in statuses]
-                raise TimeoutError(f"{len(left)} operation(s) not finished within {timeout:g} s: {left[:5]}")
-            time.sleep(poll)
+        for op_id in ids:  # one look per poll at the first unfinished one, then on through those that finished
+            while True:
+                op = self.store.load(op_id)
+                if op is not None and op.status in FINISHED:
+                    statuses[op_id] = op.status
+                    break
+                if time.monotonic() >= deadline:
+                    left = [i for i in ids if i not in statuses]
+                    raise TimeoutError(f"{len(left)} operation(s) not finished within {timeout:g} s: {left[:5]}")
+                time.sleep(poll)
+        return statuses
 
     def stats(self) -> WorkflowStats:
-        return workflow_stats([self.scheduler.engine, self.supervisor.engine], self.store)
+        return workflow_stats([*(s.engine for s in self.schedulers), self.supervisor.engine], self.store)
 
     def __repr__(self) -> str:
         return f"<WorkflowEngine {self.name!r} on {self.url!r}: {', '.join(self.workflows)}; {self.store!r}>"

@@ -42,7 +42,8 @@ class _Participant(BackgroundConsumer):
         self.name = check_engine_name(name)
         if not callable(clock):
             raise TypeError(f"clock must be a callable returning seconds, not {type(clock).__name__}")
-        self.task_visibility = check_seconds("task_visibility", task_visibility, allow_zero=False)
+        check_seconds("task_visibility", task_visibility, allow_zero=False)
+        self.task_visibility = float(task_visibility)
         for wf in self.workflows.values():
             for step in wf.steps.values():
                 if step.timeout >= self.task_visibility:

@@ -9,6 +9,7 @@ import logging
 import multiprocessing
 import operator
 import shutil
+import signal
 import tempfile
 import threading
 import time
@@ -77,6 +78,7 @@ class Run:
         total = sum(stage.processes for stage in pipeline.stages)
         self.counts: Any = _SPAWN.RawArray("q", total * width)
         self.errors: Any = _SPAWN.SimpleQueue()
+        self.reported: list[tuple[str, int, str, bool]] = []  # (stage, process, error, secondary)
         self.flags: Any = _SPAWN.RawArray("b", 1)  # [0]: the sink has everything (stage processes may exit)
         self.channels: list[Any] = []  # every ShmChannel we created (shm)
         self.zdir: str | None = None
@@ -156,22 +158,28 @@ class Run:
         log.info("pipeline %s: %d stage processes started", self.token, len(self.workers))
 
     def _check_workers(self) -> None:
-        """Raise PipelineError if a stage process ended badly (with the first reason it reported)."""
+        """Raise PipelineError if a stage process ended badly, naming the one that failed first."""
+        if any(process.exitcode not in (None, 0) for _, _, process in self.workers):
+            raise PipelineError(self._reason())
+
+    def _reason(self) -> str:
+        while not self.errors.empty():
+            self.reported.append(self.errors.get())
+        reported = self.reported
+        # A stage that raised, or a process that died without a word (killed), is the cause; the processes
+        # that reported losing a neighbour (secondary) only saw it go.
+        primary = [r for r in reported if not r[3]]
+        if primary:
+            name, index, text, _ = primary[0]
+            return f"stage {name!r} (process {index}) failed: {text}"
+        said = {(r[0], r[1]) for r in reported}
         for stage, index, process in self.workers:
             code = process.exitcode
-            if code is not None and code != 0:
-                raise PipelineError(self._reason(stage, index, code))
-
-    def _reason(self, stage: Stage, index: int, code: int) -> str:
-        reported = []
-        while not self.errors.empty():
-            reported.append(self.errors.get())
-        # The first stage process to fail is the cause; the others saw their neighbour go (secondary).
-        primary = [r for r in reported if not r[3]] or reported
-        if primary:
-            name, idx, text, _ = primary[0]
-            return f"stage {name!r} (process {idx}) failed: {text}"
-        return f"stage {stage.name!r} (process {index}) exited with code {code} without saying why"
+            if code not in (None, 0) and (stage.name, index) not in said:
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}"
+                return f"stage {stage.name!r} (process {index}) {how}"
+        name, index, text, _ = reported[0]
+        return f"stage {name!r} (process {index}) failed: {text}"
 
     def check_sink(self) -> None:
         if self.source_error is not None:

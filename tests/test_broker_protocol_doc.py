@@ -136,7 +136,7 @@ def test_a_batch_mixes_inline_and_framed_messages_as_documented(broker: Broker, 
 
 
 def test_an_event_is_laid_out_as_documented(broker: Broker, example: dict[str, Any]) -> None:
-    """`RBB1 | EVT | token | dropped | message frames ...`, the topic in the ringbus-topic header."""
+    """`RBB1 | EVT | token | {dropped, frames, inline} | message frames ...`, the topic in the ringbus-topic header."""
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(broker.endpoint)
@@ -147,9 +147,11 @@ def test_an_event_is_laid_out_as_documented(broker: Broker, example: dict[str, A
         sock.send_multipart([b"RBB1", b"PUB", b"", msgspec.msgpack.encode({"topic": "order.placed"}),
                              *codec.encode(Message(b"placed"))])
         assert sock.poll(5000), "no event"
-        signature, status, rid, dropped, *frames = sock.recv_multipart()
-        assert (signature, status, rid, dropped) == (b"RBB1", b"EVT", token, b"0")
-        event = codec.decode(frames)
+        signature, status, rid, batch, *frames = sock.recv_multipart()
+        assert (signature, status, rid) == (b"RBB1", b"EVT", token)
+        batch = msgspec.msgpack.decode(batch)
+        assert batch["dropped"] == 0 and batch["frames"] == [0] and frames == []
+        event = codec.decode(batch["inline"])
         assert bytes(event.body) == b"placed" and event.headers["ringbus-topic"] == "order.placed"
     finally:
         sock.close()

@@ -155,14 +155,14 @@ class _BrokerSubscription(Subscription):
             self._token = payload["token"]
             bus._subscriptions[self._token] = self
 
-    def _event(self, message: Message, dropped_at_broker: bytes) -> None:
-        if dropped_at_broker.isdigit():
-            self._broker_dropped = int(dropped_at_broker)
-        if len(self._buffer) >= SUBSCRIBER_BUFFER:
-            self._dropped += 1
-            return
-        message._settle = _NO_SETTLE
-        self._buffer.append(message)
+    def _events(self, messages: list[Message], dropped_at_broker: int) -> None:
+        self._broker_dropped = max(self._broker_dropped, dropped_at_broker)
+        for message in messages:
+            if len(self._buffer) >= SUBSCRIBER_BUFFER:
+                self._dropped += 1
+                continue
+            message._settle = _NO_SETTLE
+            self._buffer.append(message)
 
     def receive(self, timeout: float | None = None) -> Message | None:
         if self._closed:
@@ -364,7 +364,10 @@ class BrokerBus(Bus):
             if status == EVENT:
                 subscription = self._subscriptions.get(rid)
                 if subscription is not None:
-                    subscription._event(decode(frames[4:]), frames[3])
+                    batch = unpack(frames[3])
+                    subscription._events([decode(wire) for wire in split_batch(batch.get("frames"),
+                                                                               batch.get("inline", []), frames[4:])],
+                                         int(batch.get("dropped", 0)))
                 continue
             if rid not in self._replies:
                 continue  # the late reply to a request given up on

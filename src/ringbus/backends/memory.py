@@ -186,6 +186,7 @@ class _MemorySubscription(Subscription):
             message: Message = self._subscriber.ring.get(timeout=timeout)
         except Empty:
             return None
+        message = _replace(message)  # one publication reaches many subscribers: each gets its own object
         message._settle = _NO_SETTLE
         return message
 
@@ -278,6 +279,9 @@ class MemoryBus(Bus):
                 if delivered:
                     messages = []
                     for tag, message, _ in delivered:
+                        # A copy: the queue keeps its own, and a publication is the same object in every
+                        # group's queue - a settle handle on it would be shared.
+                        message = _replace(message)
                         message._settle = _Settle(self, queue, tag, consumer)
                         messages.append(message)
                     return messages

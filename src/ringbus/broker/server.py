@@ -54,6 +54,9 @@ BATCH = 512  # commands taken per turn before a commit: bounds confirm latency u
 MAX_WAIT = 0.1  # seconds the loop sleeps at most (notices stop() this fast)
 MAX_FETCH = 10_000
 MDP_HEARTBEAT = 2.5  # seconds; MajordomoWorker's default too
+EVENT_BATCH = 256  # events per EVT message to one subscriber
+MAX_STUCK = 100_000  # replies waiting for full peers; beyond it they are dropped and counted
+STUCK_RETRY = 0.01  # seconds between tries of waiting replies
 
 _MDP_HEADERS = (b"MDPC01", b"MDPW01")
 
@@ -88,23 +91,40 @@ class _Session:
 
 
 class _Subscriber:
-    """An ephemeral subscriber: a client's DEALER, fed without blocking (dropped and counted at its HWM)."""
+    """An ephemeral subscriber: a client's DEALER, fed without blocking (dropped and counted at its HWM).
 
-    __slots__ = ("broker", "identity", "token", "dropped")
+    A turn's events for one subscriber travel as one EVT message (up to ``EVENT_BATCH`` events), so fan-out
+    costs one ZeroMQ send per subscriber per turn, not one per event.
+    """
+
+    __slots__ = ("broker", "identity", "token", "dropped", "pending")
 
     def __init__(self, broker: Broker, identity: bytes, token: bytes) -> None:
         self.broker = broker
         self.identity = identity
         self.token = token
         self.dropped = 0
+        self.pending: list[list[Any]] = []
 
     def deliver(self, message: Message) -> bool:
-        frames = self.broker._encoded(message)
-        # The fourth frame tells the subscriber how many it lost here so far (its `dropped` counts them).
-        if self.broker._send([self.identity, SIGNATURE, EVENT, self.token, b"%d" % self.dropped, *frames]):
-            return True
-        self.dropped += 1
-        return False
+        if not self.pending:
+            self.broker._feeding.append(self)
+        self.pending.append(self.broker._encoded(message))
+        if len(self.pending) >= EVENT_BATCH:
+            self.flush()
+        return True  # counted as delivered now; flush() moves what its send loses to the dropped counts
+
+    def flush(self) -> None:
+        pending, self.pending = self.pending, []
+        if not pending:
+            return
+        counts, inline, frames = batch_frames(pending)
+        # The map also tells the subscriber how many it lost here so far (its `dropped` counts them).
+        header = pack({"dropped": self.dropped, "frames": counts, "inline": inline})
+        if not self.broker._send([self.identity, SIGNATURE, EVENT, self.token, header, *frames], reply=False):
+            self.dropped += len(pending)
+            self.broker.topics.delivered -= len(pending)
+            self.broker.topics.dropped += len(pending)
 
 
 class Broker:
@@ -232,7 +252,7 @@ class Broker:
         self._store = Store(self._log)
         self.queues = QueueBook(journal=self._store, on_ready=self._on_ready)
         self.topics = TopicBook(self.queues, on_publish=self._store.published, retention_seconds=self._retention[0],
-                                retention_bytes=self._retention[1])
+                                retention_bytes=self._retention[1], encode=encode)
         self._store.topics = self.topics
         self.recovered = self._store.recover(self.queues, self.topics)
         self._log.commit()
@@ -241,6 +261,8 @@ class Broker:
         self._subscribers: dict[bytes, tuple[int, str, _Subscriber]] = {}  # token -> (book token, session, it)
         self._encoded_cache: tuple[Message | None, list[Any]] = (None, [])
         self._outbox: list[tuple[list[Any], bool]] = []
+        self._stuck: list[list[Any]] = []  # replies that met a full peer; sent again each turn
+        self._feeding: list[_Subscriber] = []  # ephemeral subscribers with events to send this turn
         socket = self._socket = self._context.socket(zmq.ROUTER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.ROUTER_MANDATORY, 1)  # a full or vanished peer raises instead of dropping silently
@@ -275,18 +297,22 @@ class Broker:
                     if frames is None:
                         break
                     self._dispatch(frames)
+            if self._stuck:
+                self._retry_stuck()
             self.queues.tick()
             self._serve_waiters()
+            self._flush_events()
             now = time.monotonic()
+            if self._waiter_deadlines and self._waiter_deadlines[0][0] <= now:
+                self._expire_waiters(now)  # every turn: a short receive timeout is answered on time
             if now >= next_expiry_check:
                 next_expiry_check = now + min(self.heartbeat, 0.5)
                 self._expire_sessions(now)
-                self._expire_waiters(now)
                 self.majordomo.tick()
             self._commit()
 
     def _next_wait(self) -> float:
-        wait = MAX_WAIT
+        wait = STUCK_RETRY if self._stuck else MAX_WAIT
         timer = self.queues.tick()
         if timer is not None:
             wait = min(wait, timer)
@@ -296,19 +322,21 @@ class Broker:
 
     def _commit(self) -> None:
         outbox, self._outbox = self._outbox, []
-        # Replies that promise nothing about the disk (deliveries, stats, errors) go out now; confirms after
-        # the commit. Only a turn with a confirm pays for an fsync: a lost settle or delivery record means a
-        # redelivery or an attempt uncounted after a crash, never a loss.
-        confirms = []
-        for frames, confirm in outbox:
-            if confirm:
-                confirms.append((frames, confirm))
-            else:
-                self._send(frames)
-        outbox = confirms
+        # Replies that promise nothing about the disk (deliveries, stats, errors) go out before the fsync;
+        # confirms after it. Only a turn with a confirm pays for an fsync: a settle or delivery record lost
+        # with the machine means a redelivery or an attempt uncounted, never a loss.
+        confirms = [(frames, confirm) for frames, confirm in outbox if confirm]
         try:
             self._store.flush()
-            self._log.commit(sync=bool(confirms))
+            # Written before any reply leaves (a client that saw a reply knows its earlier commands reached at
+            # least the OS), fsynced only if a confirm waits for it.
+            self._log.commit(sync=False)
+            for frames, confirm in outbox:
+                if not confirm:
+                    self._send(frames)
+            outbox = confirms
+            if confirms:
+                self._log.commit()
         except RingbusError as exc:
             # Nothing written since the last good commit may be confirmed: every pending confirm becomes an error.
             log.error("log commit failed; refusing sends from now on: %s", exc)
@@ -321,11 +349,16 @@ class Broker:
             self.counters["confirms"] += confirm
             self._send(frames)
 
-    def _send(self, frames: list[Any]) -> bool:
+    def _send(self, frames: list[Any], *, reply: bool = True) -> bool:
+        """Send without blocking. At a peer's high-water mark an event is dropped (False); a reply waits in
+        ``_stuck`` and is tried again each turn - a lagging subscriber's events must not cost it a confirm."""
         try:
             send_frames(self._socket, frames)
             return True
         except zmq.Again:  # that peer is at its high-water mark
+            if reply and len(self._stuck) < MAX_STUCK:
+                self._stuck.append(frames)
+                return True
             self.counters["undeliverable"] += 1
             return False
         except zmq.ZMQError as exc:
@@ -336,6 +369,16 @@ class Broker:
 
     def _send_mdp(self, frames: list[bytes]) -> None:
         self._send(frames)
+
+    def _retry_stuck(self) -> None:
+        stuck, self._stuck = self._stuck, []
+        for frames in stuck:
+            self._send(frames)
+
+    def _flush_events(self) -> None:
+        feeding, self._feeding = self._feeding, []
+        for subscriber in feeding:
+            subscriber.flush()
 
     def _dispatch(self, frames: list[bytes]) -> None:
         self.counters["commands"] += 1

@@ -10,7 +10,7 @@ kind   name        payload
 2      ENQUEUE     [queue, seq, ready_at, expires_at, dedup_id, deliveries, header, body or nil (inline)]
 3      REMOVE      [queue, [seq, ...]]    acked, dead-lettered or dropped (one record per queue per commit)
 4      REQUEUE     [queue, seq, deliveries, ready_at]
-5      PUBLISH     [offset, published_at, header, body]   retained topic message
+5      PUBLISH     [offset, published_at, header, body or nil]   retained topic message
 6      DELIVERED   [queue, [[seq, deliveries], ...]]      attempts made (one record per queue per commit)
 =====  ==========  ==============================================================
 
@@ -132,8 +132,10 @@ class Store:
         self._declared[name] = record
         self.log.append(DECLARE, _encode((name, record[0], binding)))
 
-    def published(self, offset: int, message: Message) -> None:
-        header, body = encode(message, inline_max=-1)
+    def published(self, offset: int, message: Message, wire: list[bytes] | None = None) -> None:
+        if not wire or len(wire) > 2:
+            wire = encode(message)
+        header, body = wire[0], (wire[1] if len(wire) > 1 else None)
         lsn = self.log.append(PUBLISH, _encode((offset, time.time(), header, body)))
         self._published.append((offset, lsn))
 
@@ -237,7 +239,7 @@ class Store:
             restored += 1
         for lsn, offset, published_at, header, body in publications:
             try:
-                message = decode([header, body])
+                message = decode([header] if body is None else [header, body])
             except ProtocolError:
                 bad += 1
                 continue

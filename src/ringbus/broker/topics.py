@@ -62,10 +62,12 @@ class TopicBook:
 
     def __init__(self, queues: QueueBook, *, retention_seconds: float = 24 * 3600.0,
                  retention_bytes: int = 64 * 1024 * 1024, clock: Callable[[], float] = time.time,
-                 on_publish: Callable[[int, Message], None] | None = None) -> None:
+                 on_publish: Callable[[int, Message, list[bytes] | None], None] | None = None,
+                 encode: Callable[[Message], list[bytes]] | None = None) -> None:
         self._queues = queues
         self._clock = clock
         self._on_publish = on_publish  # durable backends write the publication down
+        self._encode = encode  # the broker encodes a publication once, for its log and every group's queue
         self.retention_seconds = retention_seconds
         self.retention_bytes = retention_bytes
         self._retained: deque[tuple[int, float, str, Message, int]] = deque()  # offset, time, topic, message, size
@@ -88,10 +90,11 @@ class TopicBook:
         message = _replace(message, headers=headers)
         offset = next(self._offsets)
         self.published += 1
+        wire = self._encode(message) if self._encode is not None else None
         if self._on_publish is not None:
-            self._on_publish(offset, message)
+            self._on_publish(offset, message, wire)
         self._retain(offset, self._clock(), topic, message)
-        self._fan_out(topic, message)
+        self._fan_out(topic, message, wire)
         return message.id
 
     def restore(self, offset: int, published_at: float, message: Message) -> None:
@@ -115,7 +118,7 @@ class TopicBook:
             self._retained_bytes -= retained.popleft()[4]
         return retained[0][0] if retained else None
 
-    def _fan_out(self, topic: str, message: Message) -> None:
+    def _fan_out(self, topic: str, message: Message, wire: list[bytes] | None) -> None:
         groups_seen: dict[tuple[str, str], list[_Member]] = {}
         for member in self._members.values():
             if not member.matches(topic):
@@ -130,7 +133,7 @@ class TopicBook:
             self._deliver(members[turn % len(members)], message)
         for group, (_, matches) in self._groups.items():
             if matches(topic):
-                self._queues.send(group_queue(group), message)
+                self._queues.send(group_queue(group), message, wire=wire)
 
     def _deliver(self, member: _Member, message: Message) -> None:
         if member.subscriber.deliver(message):

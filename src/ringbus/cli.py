@@ -12,10 +12,11 @@ import ringbus
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ringbus.bench import broker, core, ipc, patterns
+    from ringbus.bench import broker, core, ipc, patterns, pipeline, pubsub
     from ringbus.bench._harness import format_table, run_case
 
-    suites = {"core": core.cases, "ipc": ipc.cases, "broker": broker.cases, "patterns": patterns.cases}
+    suites = {"core": core.cases, "ipc": ipc.cases, "broker": broker.cases, "patterns": patterns.cases,
+              "pubsub": pubsub.cases, "pipeline": pipeline.cases}
 
     names = list(suites) if args.suite == "all" else [args.suite]
     rows = []
@@ -29,6 +30,8 @@ def _bench(args: argparse.Namespace) -> int:
         notes += broker.missing_peers()
     if args.suite in ("patterns", "all"):
         notes += patterns.missing_peers()
+    if args.suite in ("pubsub", "all"):
+        notes += pubsub.missing_peers()
     if args.json:
         print(json.dumps({"implementation": ringbus.IMPLEMENTATION, "rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
     else:
@@ -99,13 +102,19 @@ def _serve_http(args: argparse.Namespace) -> int:
     return main(args.args)
 
 
+def _pipe(args: argparse.Namespace) -> int:
+    from ringbus.patterns.pipeline import main
+
+    return main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringbus", description=ringbus.__doc__)
     parser.add_argument("--version", action="version", version=f"ringbus {ringbus.__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = commands.add_parser("bench", help="measure ringbus beside its peers and print ratios")
-    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "broker", "patterns", "all"], help="which comparisons (default: core)")
+    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "broker", "patterns", "pubsub", "pipeline", "all"], help="which comparisons (default: core)")
     bench.add_argument("--rounds", type=int, default=5, help="rounds per case; medians are reported (default: 5)")
     bench.add_argument("--scale", type=float, default=1.0, help="work per round relative to the default (0.1 = a quick look)")
     bench.add_argument("--seed", type=int, default=12345, help="seed for the random priorities")
@@ -142,6 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                                 "GET /jobs/{id}, events, webhooks)", add_help=False, prefix_chars="\0")
     serve.add_argument("args", nargs=argparse.REMAINDER)
     serve.set_defaults(handler=_serve_http)
+
+    pipe = commands.add_parser("pipe", help="a pipes-and-filters pipeline as a Unix filter: stdin -> stages -> stdout",
+                               add_help=False, prefix_chars="\0")
+    pipe.add_argument("args", nargs=argparse.REMAINDER)
+    pipe.set_defaults(handler=_pipe)
     return parser
 
 

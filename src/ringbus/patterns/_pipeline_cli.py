@@ -157,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     Exit status: 0, or 1 if any item was dead-lettered, 2 for bad arguments, 3 if the run failed (a stage
     process died or a stream stage raised).
     """
-    parser = argparse.ArgumentParser(prog="python -m ringbus.patterns.pipeline",
+    parser = argparse.ArgumentParser(prog="ringbus pipe",
                                      description="Run a pipeline of stages as a Unix filter (stdin -> stdout).")
     parser.add_argument("--stage", action=_StageAction, dest="stages", metavar="MODULE:FUNCTION[@N]",
                         help="a per-item stage function, in order; @N runs it in N processes (repeat per stage)")

@@ -585,9 +585,9 @@ def test_serve_http_command_runs_jobs(tmp_path: Path) -> None:
 
 
 def test_doc_sample_runs() -> None:
-    doc = (ROOT / "docs" / "patterns" / "async_request_reply.md").read_text()
+    doc = (ROOT / "docs" / "patterns" / "async-request-reply.md").read_text()
     sample = doc.split("## A short example", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    exec(compile(sample, "async_request_reply.md", "exec"), {})  # it asserts its own outcome
+    exec(compile(sample, "async-request-reply.md", "exec"), {})  # it asserts its own outcome
 
 
 def test_report_jobs_example_runs() -> None:

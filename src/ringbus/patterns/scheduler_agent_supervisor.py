@@ -5,7 +5,7 @@ agent, supervisor); this module is its public face::
 
     from ringbus.patterns.scheduler_agent_supervisor import Workflow, Step, Agent, WorkflowEngine
 
-Guide: docs/patterns/scheduler_agent_supervisor.md. Logs go to ``ringbus.scheduler_agent_supervisor``.
+Guide: docs/patterns/scheduler-agent-supervisor.md. Logs go to ``ringbus.scheduler_agent_supervisor``.
 """
 
 from ringbus.patterns.workflow.agent import Agent, AgentStats, PermanentError, Task

@@ -1,7 +1,7 @@
 """How an operation moves: one report (start, started, result, lost, timeout) in, the new state and the task
 messages to send out. Shared by the scheduler (reports from agents and clients) and the supervisor (timeouts).
 
-Rules (docs/patterns/scheduler_agent_supervisor.md has the long form):
+Rules (docs/patterns/scheduler-agent-supervisor.md has the long form):
 
 - An operation waits for one task at a time (``OperationState.active``): a step's action, or a compensation.
 - A failure of the active attempt (an error, ``States.Timeout``, ``States.HeartbeatTimeout``) is retried by the

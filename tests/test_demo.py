@@ -3,6 +3,7 @@ catches a lost one (a real run with an order dropped by the gateway, and the acc
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import subprocess
@@ -144,3 +145,29 @@ def test_percentile() -> None:
     assert percentile([3.0, 1.0, 2.0, 4.0], 50) == 2.5
     assert percentile([1.0], 99) == 1.0
     assert percentile([], 50) != percentile([], 50)  # nan
+
+
+def test_display_is_plain_off_a_terminal_and_rich_draws_the_same_rows() -> None:
+    from ringbus.demo.display import Display, Progress, make_display
+
+    rows = [("orders", "placed (HTTP 202)", "5 of 5"), ("orders", "lost", "0"), ("latency", "p50", "12 ms")]
+    out = io.StringIO()
+    display = make_display(quiet=False, out=out)  # a StringIO is no terminal: plain lines, rich or not
+    assert type(display) is Display
+    display.update(Progress(1.0, 5, 5, 5, 4, 1, 0, 0, 123), force=True)
+    display.summary("title", rows)
+    text = out.getvalue()
+    assert "placed 5/5  finished 5 (completed 4, compensated 1)" in text and "broker 123 msgs" in text
+    assert re.search(r"^  orders\n    placed \(HTTP 202\)\s+5 of 5\n    lost\s+0\n  latency\n", text, re.MULTILINE)
+    quiet = io.StringIO()
+    Display(quiet, quiet=True).update(Progress(1.0, 5, 5, 5, 4, 1, 0, 0, 123), force=True)
+    assert quiet.getvalue() == ""
+
+    pytest.importorskip("rich", reason="rich is optional: the demo draws bars and tables with it when installed")
+    from ringbus.demo.display import RichDisplay
+
+    fancy = io.StringIO()
+    RichDisplay(fancy).summary("title", rows)
+    lines = fancy.getvalue().splitlines()
+    assert any("orders" in line and "placed (HTTP 202)" in line and "5 of 5" in line for line in lines)
+    assert any("latency" in line and "12 ms" in line for line in lines)

@@ -22,12 +22,14 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Sequence
 
+from ringbus.errors import RingbusError
 from ringbus.demo.display import Display, Progress, make_display
 from ringbus.demo.scenario import (
     CHECKOUT_QUEUE,
@@ -113,8 +115,8 @@ def wait_ready(children: list[Child], timeout: float) -> None:
                 line = stream.readline()
                 if not line.startswith(READY_PREFIX):
                     code = child.process.wait(5.0)
-                    raise RuntimeError(f"service {child.name} failed to start (exit {code}); see "
-                                       f"{child.log.name}")
+                    raise RuntimeError(f"service {child.name} failed to start (exit {code}); the end of its log "
+                                       "is above")
                 child.detail = line[len(READY_PREFIX):].strip().partition(" ")[2]
 
 
@@ -251,7 +253,9 @@ def broker_totals(stats: dict[str, Any]) -> dict[str, int]:
     return {"queue_sends": sum(q["sent"] for q in queues), "acked": sum(q["acked"] for q in queues),
             "to_groups": sum(q["sent"] for name, q in stats["queues"].items() if name.startswith("@")),
             "published": stats["topics"]["published"],
-            "requests": stats["services"]["requests"], "dead_lettered": sum(q["dead_lettered"] for q in queues)}
+            "requests": stats["services"]["requests"],
+            # Arrivals in dead-letter queues (a priority queue's aging moves are dead letters to it, not these).
+            "dead_lettered": sum(q["sent"] for name, q in stats["queues"].items() if name.endswith(".dlq"))}
 
 
 def messages(totals: dict[str, int]) -> int:
@@ -282,6 +286,7 @@ def run(args: argparse.Namespace, display: Display) -> int:
     (data / "logs").mkdir()
     children: list[Child] = []
     broker = dashboard = customers = bus = None
+    clean = False
     try:
         orders = make_orders(args.orders, args.seed)
         expected = {o["order"]: expected_outcome(o) for o in orders}
@@ -375,11 +380,14 @@ def run(args: argparse.Namespace, display: Display) -> int:
         print(line, flush=True)
         if args.keep:
             print(f"{SUMMARY_PREFIX} data kept in {data} (logs in {data / 'logs'})", flush=True)
+        clean = book.ok
         return book.exit_code
     finally:
         if customers is not None:
             customers.close()
         kill_children(children)
+        if not clean:
+            show_logs(data / "logs")
         if dashboard is not None:
             dashboard.subscriber.stop(2.0)
         if bus is not None:
@@ -389,6 +397,18 @@ def run(args: argparse.Namespace, display: Display) -> int:
         display.close()
         if not args.keep:
             shutil.rmtree(data, ignore_errors=True)
+
+
+def show_logs(logs: Path, lines: int = 8) -> None:
+    """The last lines of each service's log that has any (warnings and errors only), on standard error."""
+    for path in sorted(logs.glob("*.log")):
+        try:
+            text = path.read_text(errors="replace").strip()
+        except OSError:
+            continue
+        if text:
+            tail = text.splitlines()[-lines:]
+            print(f"--- {path.stem} (last {len(tail)} log lines)\n" + "\n".join(tail), file=sys.stderr)
 
 
 REASON_WORDS = {"card declined": "card", "out of stock": "stock", "undeliverable": "address"}
@@ -488,6 +508,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             display.close()
             print(f"{SUMMARY_PREFIX} interrupted; cleaned up", file=sys.stderr)
             return 130
+        except Exception as exc:  # noqa: BLE001 - a service that did not start, a broker that went away
+            display.close()
+            if not isinstance(exc, (RuntimeError, RingbusError, OSError)):
+                traceback.print_exc()  # a bug: the whole story
+            print(f"{SUMMARY_PREFIX} FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
+            return 1
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -329,7 +329,7 @@ def run(args: argparse.Namespace, display: Display) -> int:
             display.update(Progress(now - started, len(orders), placed, receipts, completed, compensated,
                                     depth(stats, ORDERS_QUEUE), depth(stats, f"{ENGINE}.tasks"), total))
             placing_done = customers.done.is_set() or placed + len(customers.refused) == len(orders)
-            if placing_done and completed + compensated >= placed and customers.done.is_set():
+            if customers.done.is_set() and completed + compensated >= placed:
                 break
             if now > deadline or (placing_done and now - last_change > args.idle):
                 stalled = True

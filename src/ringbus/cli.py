@@ -108,6 +108,12 @@ def _pipe(args: argparse.Namespace) -> int:
     return main(args.args)
 
 
+def _demo(args: argparse.Namespace) -> int:
+    from ringbus.demo import main
+
+    return main(args.args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ringbus", description=ringbus.__doc__)
     parser.add_argument("--version", action="version", version=f"ringbus {ringbus.__version__}")
@@ -156,6 +162,11 @@ def build_parser() -> argparse.ArgumentParser:
                                add_help=False, prefix_chars="\0")
     pipe.add_argument("args", nargs=argparse.REMAINDER)
     pipe.set_defaults(handler=_pipe)
+
+    demo = commands.add_parser("demo", help="run the e-commerce scenario across processes on an embedded broker "
+                               "(most patterns at once) and print a summary", add_help=False, prefix_chars="\0")
+    demo.add_argument("args", nargs=argparse.REMAINDER)
+    demo.set_defaults(handler=_demo)
     return parser
 
 

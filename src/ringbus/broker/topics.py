@@ -134,6 +134,7 @@ class TopicBook:
         for group, (_, matches) in self._groups.items():
             if matches(topic):
                 self._queues.send(group_queue(group), message, wire=wire)
+                self.delivered += 1  # into the group's queue; its members take it from there
 
     def _deliver(self, member: _Member, message: Message) -> None:
         if member.subscriber.deliver(message):

@@ -377,7 +377,8 @@ class ClaimCheck:
              dedup_id: str | None = None, content_type: str | None = None) -> str:
         """Send ``payload`` to ``queue`` (claimed above the threshold, see :meth:`check_in`); return the message id.
 
-        If the send fails, the payload just stored is deleted again.
+        If the send fails, the payload just stored is deleted again; so is it when the send was a repeat of a
+        ``dedup_id`` the queue already holds (the id returned is then the first message's, whose claim stands).
         """
         if not isinstance(bus, Bus):
             raise TypeError(f"bus must be a ringbus.Bus, not {type(bus).__name__}")
@@ -385,12 +386,18 @@ class ClaimCheck:
         fields = {name: value for name, value in given.items() if value is not None}
         message = self.check_in(payload, **fields)
         try:
-            return bus.send(queue, message, delay=delay, ttl=ttl, dedup_id=dedup_id)
+            sent = bus.send(queue, message, delay=delay, ttl=ttl, dedup_id=dedup_id)
         except BaseException:
-            claim = Claim.of(message)
-            if claim is not None:
-                self.store.delete(claim.key)
+            self._forget(message)
             raise
+        if sent != message.id:  # deduplicated: nothing will ever claim what was just stored
+            self._forget(message)
+        return sent
+
+    def _forget(self, message: Message) -> None:
+        claim = Claim.of(message)
+        if claim is not None:
+            self.store.delete(claim.key)
 
     # -- consumer side ---------------------------------------------------------------------------------------------
     @staticmethod

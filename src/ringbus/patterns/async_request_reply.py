@@ -334,7 +334,10 @@ class JobManager:
 
     def stats(self) -> JobManagerStats:
         base = self._counter.snapshot()
-        counts = self.store.counts()
+        try:
+            counts = self._last_counts = self.store.counts()
+        except ValueError:  # the store closed with the manager: the counts read last
+            counts = getattr(self, "_last_counts", {})
         return JobManagerStats(base.processed, base.failed, base.retried, base.dead_lettered,
                                counts.get("running", 0), base.rate, self._counter.submitted, self._counter.cancelled,
                                counts, self._counter.webhooks_delivered, self._counter.webhooks_failed)

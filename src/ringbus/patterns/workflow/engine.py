@@ -62,9 +62,19 @@ class WorkflowStats(PatternStats):
     compensations: int  # compensations that succeeded
 
 
+_last_counts: dict[int, dict[str, int]] = {}  # store id -> the counts read last (for stats after a stop)
+
+
 def workflow_stats(engines: list[Engine], store: StateStore) -> WorkflowStats:
-    """The stats of ``engines`` (their counts added up) and of the operations in ``store``."""
-    counts = store.counts()
+    """The stats of ``engines`` (their counts added up) and of the operations in ``store``.
+
+    After the store was closed (the engine stopped), the operation counts are the last ones read.
+    """
+    try:
+        counts = store.counts()
+        _last_counts[id(store)] = counts
+    except RuntimeError:  # closed
+        counts = _last_counts.get(id(store), {})
     running = counts.get("running", 0) + counts.get("compensating", 0)
     snaps = [engine.counter.snapshot() for engine in engines]
     extra: dict[str, int] = {}

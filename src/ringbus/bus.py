@@ -389,7 +389,8 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
 
     ``memory://[name]``: queues in this process, shared by every connection to the same name.
     ``tcp://host:port`` or ``ipc:///path``: the embedded broker (``ringbus broker``).
-    ``redis://``, ``amqp://``, ``nats://``, ``mqtt://``: not in this release; they raise Unsupported.
+    ``redis://host:port/db?prefix=name:`` (or ``rediss://``): Redis (docs/backends.md).
+    ``amqp://``, ``nats://``, ``mqtt://``: not in this release; they raise Unsupported.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str such as 'memory://' or 'tcp://127.0.0.1:5555', not {type(url).__name__}")
@@ -402,7 +403,11 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
         from ringbus.backends.broker import BrokerBus
 
         return BrokerBus(url, **options)
-    if scheme in ("redis", "rediss", "amqp", "amqps", "nats", "mqtt"):
+    if scheme in ("redis", "rediss"):
+        from ringbus.backends.redis import RedisBus
+
+        return RedisBus(url, **options)
+    if scheme in ("amqp", "amqps", "nats", "mqtt"):
         raise Unsupported(f"the {scheme}:// backend is not in this release of ringbus; use memory:// or the embedded "
                           "broker (tcp:// or ipc://)")
     raise ValueError(f"unknown bus url {url!r}: expected memory://, tcp://host:port or ipc:///path")

@@ -56,10 +56,45 @@ def broker_ipc_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
         yield broker.endpoint
 
 
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+@contextmanager
+def redis_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Redis at 127.0.0.1:6379, every key under a prefix of this session's own (deleted at the end).
+
+    Other users share that Redis: no FLUSHDB, only our prefix is touched. Without a Redis there the tests skip,
+    unless RINGBUS_REQUIRE_SERVICES=1 (CI), where that is a failure.
+    """
+    import os
+
+    import redis
+
+    prefix = f"rbtest-{uuid.uuid4().hex}:"
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2.0, socket_timeout=10.0)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        message = (f"no Redis answers at {REDIS_URL} ({exc}); start one (redis-server --daemonize yes) to run "
+                   "the redis backend's tests")
+        if os.environ.get("RINGBUS_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield f"{REDIS_URL}?prefix={prefix}"
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.unlink(*keys[start:start + 500])
+        client.close()
+
+
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(memory_backend, shared=False),
     "broker-tcp": Backend(broker_tcp_backend, shared=True),
     "broker-ipc": Backend(broker_ipc_backend, shared=True),
+    "redis": Backend(redis_backend, shared=True),
 }
 
 

@@ -166,6 +166,18 @@ local function comeback(q, o, m, delay, now)
     stream_add(q, m)
   end
 end
+local function give_back(q, o, s, id, now)
+  -- a delivery that ended unsettled (lease lapsed, bus closed): back to the queue, counted as an attempt
+  local e = redis.call('XRANGE', s, id, id)
+  redis.call('XACK', s, 'g', id)
+  redis.call('XDEL', s, id)
+  redis.call('HINCRBY', K(q, 'st'), 'inflight', -1)
+  if not e[1] then return false end
+  local m = fromfields(e[1][2])
+  m.a = m.a + 1
+  comeback(q, o, m, 0, now)
+  return true
+end
 local function maintain(q, o, now, reclaim)
   -- delayed messages that are due join their stream (or their key's line)
   local due = redis.call('ZRANGEBYSCORE', K(q, 'delayed'), '-inf', now, 'LIMIT', 0, 1000)
@@ -180,17 +192,7 @@ local function maintain(q, o, now, reclaim)
   for _, level in ipairs(redis.call('ZRANGE', K(q, 'prios'), 0, -1)) do
     local s = K(q, 's:' .. level)
     local expired = redis.call('XPENDING', s, 'g', 'IDLE', vt, '-', '+', 100)
-    for _, p in ipairs(expired) do
-      local e = redis.call('XRANGE', s, p[1], p[1])
-      redis.call('XACK', s, 'g', p[1])
-      redis.call('XDEL', s, p[1])
-      redis.call('HINCRBY', K(q, 'st'), 'inflight', -1)
-      if e[1] then
-        local m = fromfields(e[1][2])
-        m.a = m.a + 1
-        comeback(q, o, m, 0, now)
-      end
-    end
+    for _, p in ipairs(expired) do give_back(q, o, s, p[1], now) end
     drop_level_if_empty(q, level)
   end
 end
@@ -332,16 +334,7 @@ for _, level in ipairs(redis.call('ZRANGE', K(q, 'prios'), 0, -1)) do
   local s = K(q, 's:' .. level)
   local held = redis.call('XPENDING', s, 'g', '-', '+', 100000, consumer)
   for _, p in ipairs(held) do
-    local e = redis.call('XRANGE', s, p[1], p[1])
-    redis.call('XACK', s, 'g', p[1])
-    redis.call('XDEL', s, p[1])
-    redis.call('HINCRBY', K(q, 'st'), 'inflight', -1)
-    if e[1] then
-      local m = fromfields(e[1][2])
-      m.a = m.a + 1
-      comeback(q, o, m, 0, now)
-      n = n + 1
-    end
+    if give_back(q, o, s, p[1], now) then n = n + 1 end
   end
   redis.pcall('XGROUP', 'DELCONSUMER', s, 'g', consumer)
   drop_level_if_empty(q, level)

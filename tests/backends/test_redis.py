@@ -1,0 +1,154 @@
+"""The redis:// backend beyond the contract suite: dead consumers, key turns across delayed nacks, key cleanup."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import Iterator
+
+import pytest
+
+import ringbus
+from ringbus.bus import connect
+
+redis = pytest.importorskip("redis")
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+WAIT = 10.0
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[object]:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2.0)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        client.close()
+        message = f"no Redis answers at {REDIS_URL} ({exc}); start one (redis-server --daemonize yes)"
+        if os.environ.get("RINGBUS_REQUIRE_SERVICES") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def prefix(client) -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted afterwards (never FLUSHDB: the Redis is shared)."""
+    prefix = f"rbtest-{uuid.uuid4().hex}:"
+    yield prefix
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.unlink(*keys)
+
+
+@pytest.fixture
+def url(prefix) -> str:
+    return f"{REDIS_URL}?prefix={prefix}"
+
+
+def test_connect_picks_redis_and_keys_stay_under_the_prefix(client, url, prefix):
+    with connect(url) as bus:
+        assert type(bus).__name__ == "RedisBus"
+        bus.declare_queue("jobs")
+        bus.send("jobs", b"x", priority=3)
+        bus.receive("jobs", timeout=WAIT).ack()
+        keys = [key.decode() for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        assert keys and all(key.startswith(prefix) for key in keys)
+        # the priority level's stream goes once it is empty
+        assert not [key for key in keys if ":s:3" in key], keys
+
+
+def test_a_dead_consumer_s_message_comes_back_after_the_visibility_timeout(url):
+    crashed = connect(url)
+    crashed.declare_queue("jobs", visibility_timeout=0.3)
+    message_id = crashed.send("jobs", b"work")
+    assert crashed.receive("jobs", timeout=WAIT).id == message_id
+    crashed._redis.close()  # the process dies: no close(), nothing given back
+    with connect(url) as survivor:
+        again = survivor.receive("jobs", timeout=WAIT)
+        assert (again.id, again.attempts) == (message_id, 1)
+        again.ack()
+        assert survivor.queue_stats("jobs").in_flight == 0
+    crashed._closed = True  # its connection is gone already
+
+
+def test_a_delayed_nack_keeps_its_key_s_turn(url):
+    with connect(url) as bus:
+        bus.declare_queue("ordered", ordered_by_key=True)
+        first = bus.send("ordered", b"1", key="k")
+        second = bus.send("ordered", b"2", key="k")
+        bus.receive("ordered", timeout=WAIT).nack(delay=0.3)
+        assert bus.receive("ordered", timeout=0.1) is None  # the second waits for the first, even while delayed
+        again = bus.receive("ordered", timeout=WAIT)
+        assert (again.id, again.attempts) == (first, 1)
+        again.ack()
+        assert bus.receive("ordered", timeout=WAIT).id == second
+
+
+def test_a_blocked_message_counts_as_waiting_and_against_max_length(url):
+    with connect(url) as bus:
+        bus.declare_queue("ordered", ordered_by_key=True, max_length=2)
+        bus.send("ordered", b"1", key="k")
+        bus.send("ordered", b"2", key="k")
+        stats = bus.queue_stats("ordered")
+        assert (stats.depth, stats.ready) == (2, 2)
+        with pytest.raises(ringbus.Full):
+            bus.send("ordered", b"3", key="j")
+
+
+def test_drop_oldest_drops_a_delayed_message_when_none_is_ready(url):
+    with connect(url) as bus:
+        bus.declare_queue("small", max_length=1, overflow="drop_oldest")
+        old = bus.send("small", b"old", delay=60)
+        bus.send("small", b"new")
+        letter = bus.receive("small.dlq", timeout=WAIT)
+        assert (letter.id, letter.headers["ringbus-dead-reason"]) == (old, "overflow")
+
+
+def test_a_durable_group_is_bound_to_one_pattern(url):
+    with connect(url) as bus:
+        bus.subscribe("a.*", group="billing", durable=True).close()
+        with pytest.raises(ValueError, match="a.\\*"):
+            bus.subscribe("b.*", group="billing", durable=True)
+        assert "@billing" not in bus.queues()
+
+
+def test_a_side_dead_letter_queue_can_be_declared_later_with_options(url):
+    with connect(url) as bus:
+        bus.declare_queue("orders")
+        bus.declare_queue("orders.dlq", max_attempts=2)  # was created on the side with defaults
+        with pytest.raises(ValueError, match="max_attempts"):
+            bus.declare_queue("orders.dlq", max_attempts=3)
+
+
+def test_a_request_whose_caller_gave_up_is_not_handled(url):
+    handled = []
+    with connect(url) as bus:
+        with pytest.raises(ringbus.Empty):
+            bus.request("late", b"x", timeout=0.1)
+        time.sleep(0.2)
+        stop = threading.Event()
+
+        def serve() -> None:
+            with connect(url) as server:
+                server.serve("late", lambda m: handled.append(m) or b"", stop=stop)
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        assert bytes(bus.request("late", b"fresh", timeout=WAIT).body) == b""
+        stop.set()
+        thread.join(WAIT)
+    assert [bytes(m.body) for m in handled] == [b"fresh"]
+
+
+def test_subscription_pattern_glob_over_match_is_filtered(url):
+    with connect(url) as bus, bus.subscribe("order.#") as sub:
+        bus.publish("orders.x", b"no")
+        bus.publish("order", b"yes")
+        assert bytes(sub.receive(timeout=WAIT).body) == b"yes"
+        assert sub.receive(timeout=0.2) is None

@@ -9,7 +9,7 @@ import msgspec
 from ringbus.bus import check_headers, check_name, topic_matcher
 from ringbus.message import HeaderValue, Message
 
-__all__ = ["as_message", "check_prefetch", "check_subscription", "reply_message", "ServiceError"]
+__all__ = ["as_message", "check_prefetch", "check_subscription", "reply_message", "ServiceError", "NO_SETTLE"]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _replace = msgspec.structs.replace
@@ -82,3 +82,20 @@ def reply_message(request: Message, result: object) -> Message:
         return Message(result, correlation_id=request.id)
     raise TypeError(f"a service handler must return bytes, bytearray, memoryview or a ringbus.Message, not "
                     f"{type(result).__name__}")
+
+
+class _NoSettle:
+    """The settle handle of an ephemeral subscription's message: nothing to settle; settling is allowed and does
+    nothing (so a handler written for durable subscriptions can ack either kind)."""
+
+    def ack(self, message: Message) -> None:
+        pass
+
+    def nack(self, message: Message, requeue: bool, delay: float | None) -> None:
+        pass
+
+    def reject(self, message: Message) -> None:
+        pass
+
+
+NO_SETTLE = _NoSettle()

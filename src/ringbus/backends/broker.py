@@ -27,7 +27,7 @@ from typing import Any, Iterator
 
 import zmq
 
-from ringbus.backends._common import as_message, check_prefetch, check_subscription, reply_message
+from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
 from ringbus.broker.mdp_client import MajordomoClient, MajordomoWorker, ServiceError
 from ringbus.broker.protocol import (
     ERR,
@@ -121,20 +121,6 @@ class _Consumer:
         self.outstanding = 0
 
 
-class _NoSettle:
-    def ack(self, message: Message) -> None:
-        pass
-
-    def nack(self, message: Message, requeue: bool, delay: float | None) -> None:
-        pass
-
-    def reject(self, message: Message) -> None:
-        pass
-
-
-_NO_SETTLE = _NoSettle()
-
-
 class _BrokerSubscription(Subscription):
     def __init__(self, bus: BrokerBus, pattern: str, group: str | None, durable: bool, start: Start) -> None:
         self.pattern = pattern
@@ -161,7 +147,7 @@ class _BrokerSubscription(Subscription):
             if len(self._buffer) >= SUBSCRIBER_BUFFER:
                 self._dropped += 1
                 continue
-            message._settle = _NO_SETTLE
+            message._settle = NO_SETTLE
             self._buffer.append(message)
 
     def receive(self, timeout: float | None = None) -> Message | None:

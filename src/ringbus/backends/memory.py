@@ -35,7 +35,14 @@ from ringbus.bus import (
 from ringbus.errors import Closed, Empty, Full, RingbusError
 from ringbus.message import HeaderValue, Message
 
-from ringbus.backends._common import ServiceError, as_message, check_prefetch, reply_message
+from ringbus.backends._common import (
+    NO_SETTLE,
+    ServiceError,
+    as_message,
+    check_prefetch,
+    check_subscription,
+    reply_message,
+)
 
 __all__ = ["MemoryBus"]
 
@@ -127,22 +134,6 @@ class _Consumer:
         self.waiting = False
 
 
-class _NoSettle:
-    """Ephemeral subscription messages: nothing to settle, settling is allowed and does nothing."""
-
-    def ack(self, message: Message) -> None:
-        pass
-
-    def nack(self, message: Message, requeue: bool, delay: float | None) -> None:
-        pass
-
-    def reject(self, message: Message) -> None:
-        pass
-
-
-_NO_SETTLE = _NoSettle()
-
-
 class _EphemeralSubscriber:
     __slots__ = ("ring", "dropped")
 
@@ -187,7 +178,7 @@ class _MemorySubscription(Subscription):
         except Empty:
             return None
         message = _replace(message)  # one publication reaches many subscribers: each gets its own object
-        message._settle = _NO_SETTLE
+        message._settle = NO_SETTLE
         return message
 
     @property
@@ -406,8 +397,6 @@ class MemoryBus(Bus):
     def subscribe(self, pattern: str, *, group: str | None = None, durable: bool = False,
                   start: Start = "latest") -> Subscription:
         self._check_open()
-        from ringbus.backends._common import check_subscription
-
         check_subscription(pattern, group, durable, start)
         subscription = _MemorySubscription(self, pattern, group, durable, start)
         self._subscriptions.append(subscription)

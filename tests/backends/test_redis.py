@@ -152,3 +152,69 @@ def test_subscription_pattern_glob_over_match_is_filtered(url):
         bus.publish("order", b"yes")
         assert bytes(sub.receive(timeout=WAIT).body) == b"yes"
         assert sub.receive(timeout=0.2) is None
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _start_redis(port: int, data) -> object:
+    import shutil
+    import subprocess
+
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed: the restart test runs a Redis of its own")
+    process = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+                                "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    probe = redis.Redis(port=port, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + WAIT
+    while True:
+        try:
+            probe.ping()
+            break
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"redis-server on port {port} did not start within {WAIT}s")
+            time.sleep(0.05)
+    probe.close()
+    return process
+
+
+def test_confirmed_sends_survive_a_redis_kill_and_the_bus_reconnects(tmp_path):
+    """Issue 8, item 6: kill -9 a Redis of our own (appendonly, fsync always) mid-stream and restart it: every
+    send either confirmed or raised, every confirmed one is still there, and the same Bus goes on working."""
+    port = _free_port()
+    process = _start_redis(port, tmp_path)
+    try:
+        with connect(f"redis://127.0.0.1:{port}/0?prefix=restart:") as bus:
+            bus.declare_queue("jobs")
+            confirmed = [bus.send("jobs", b"%d" % i) for i in range(50)]
+            process.kill()
+            process.wait()
+            with pytest.raises(ringbus.PeerGone):
+                bus.send("jobs", b"lost")
+            process = _start_redis(port, tmp_path)
+            deadline = time.monotonic() + WAIT
+            while True:  # the client reconnects on its next command
+                try:
+                    confirmed.append(bus.send("jobs", b"after"))
+                    break
+                except ringbus.PeerGone:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+            got = []
+            while (message := bus.receive("jobs", timeout=0.5)) is not None:
+                got.append(message.id)
+                message.ack()
+            assert got == confirmed
+    finally:
+        process.kill()
+        process.wait()

@@ -32,14 +32,14 @@ import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Iterator
+from typing import Any, Iterator, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis as redis_py
 
 from ringbus.backends import _redis_lua as lua
-from ringbus.backends._common import as_message, check_prefetch, check_subscription, reply_message
+from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
 from ringbus.bus import (
     TOPIC_HEADER,
     Bus,
@@ -155,20 +155,6 @@ class _Consumer:
         self.outstanding = 0
 
 
-class _NoSettle:
-    def ack(self, message: Message) -> None:
-        pass
-
-    def nack(self, message: Message, requeue: bool, delay: float | None) -> None:
-        pass
-
-    def reject(self, message: Message) -> None:
-        pass
-
-
-_NO_SETTLE = _NoSettle()
-
-
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
@@ -229,7 +215,7 @@ class _RedisSubscription(Subscription):
         if len(self._buffer) >= SUBSCRIBER_BUFFER:
             self._dropped += 1
             return
-        message._settle = _NO_SETTLE
+        message._settle = NO_SETTLE
         self._buffer.append(message)
 
     def receive(self, timeout: float | None = None) -> Message | None:
@@ -477,7 +463,8 @@ class RedisBus(Bus):
 
     def queues(self) -> list[str]:
         self._check_open()
-        names = (name.decode() for name in self._redis.smembers(self._prefix + "queues"))
+        members = cast("set[bytes]", self._redis.smembers(self._prefix + "queues"))
+        names = (name.decode() for name in members)
         return sorted(name for name in names if not name.startswith("@"))
 
     # -- topics -----------------------------------------------------------------------------------------------
@@ -544,7 +531,7 @@ class RedisBus(Bus):
             got = self._redis.blpop([reply_key], timeout=max(left, 0.01))
             if got is not None:
                 self._redis.delete(reply_key)
-                data = got[1]
+                data = cast(bytes, got[1])
                 if data[:1] == b"E":
                     raise RingbusError(f"service {service!r} failed: {data[1:].decode(errors='replace')}")
                 return _unblob(data[1:])
@@ -558,7 +545,7 @@ class RedisBus(Bus):
             got = self._redis.brpop([key], timeout=SLICE)
             if got is None:
                 continue
-            data = got[1]
+            data = cast(bytes, got[1])
             (deadline,) = _DEADLINE.unpack_from(data, 0)
             (size,) = _LEN.unpack_from(data, 8)
             reply_key = data[12:12 + size]

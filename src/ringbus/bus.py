@@ -390,7 +390,8 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
     ``memory://[name]``: queues in this process, shared by every connection to the same name.
     ``tcp://host:port`` or ``ipc:///path``: the embedded broker (``ringbus broker``).
     ``redis://host:port/db?prefix=name:`` (or ``rediss://``): Redis (docs/backends.md).
-    ``amqp://``, ``nats://``, ``mqtt://``: not in this release; they raise Unsupported.
+    ``amqp://user:pass@host:port/vhost?prefix=name.`` (or ``amqps://``): RabbitMQ (docs/backends.md).
+    ``nats://``, ``mqtt://``: not in this release; they raise Unsupported.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str such as 'memory://' or 'tcp://127.0.0.1:5555', not {type(url).__name__}")
@@ -407,7 +408,11 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
         from ringbus.backends.redis import RedisBus
 
         return RedisBus(url, **options)
-    if scheme in ("amqp", "amqps", "nats", "mqtt"):
+    if scheme in ("amqp", "amqps"):
+        from ringbus.backends.amqp import AmqpBus
+
+        return AmqpBus(url, **options)
+    if scheme in ("nats", "mqtt"):
         raise Unsupported(f"the {scheme}:// backend is not in this release of ringbus; use memory:// or the embedded "
                           "broker (tcp:// or ipc://)")
     raise ValueError(f"unknown bus url {url!r}: expected memory://, tcp://host:port or ipc:///path")

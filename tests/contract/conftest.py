@@ -90,11 +90,45 @@ def redis_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         client.close()
 
 
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+
+
+@contextmanager
+def amqp_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The RabbitMQ at 127.0.0.1:5672 (guest/guest), every queue and exchange under a prefix of this session's own
+    (deleted at the end).
+
+    Without a RabbitMQ there (or without pika) the tests skip, unless RINGBUS_REQUIRE_SERVICES=1 (CI), where that
+    is a failure.
+    """
+    import os
+    import socket
+
+    try:
+        import pika  # noqa: F401
+        socket.create_connection(("127.0.0.1", 5672), timeout=2.0).close()
+        problem = None
+    except (ImportError, OSError) as exc:
+        problem = (f"no RabbitMQ answers at {AMQP_URL} ({exc}); start one (rabbitmq-server -detached) and "
+                   "pip install 'pika>=1.3' to run the amqp backend's tests")
+    if problem is not None:
+        if os.environ.get("RINGBUS_REQUIRE_SERVICES") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    url = f"{AMQP_URL}?prefix=rbtest-{uuid.uuid4().hex[:12]}."
+    try:
+        yield url
+    finally:
+        with connect(url) as bus:
+            bus.drop_namespace()  # type: ignore[attr-defined]
+
+
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(memory_backend, shared=False),
     "broker-tcp": Backend(broker_tcp_backend, shared=True),
     "broker-ipc": Backend(broker_ipc_backend, shared=True),
     "redis": Backend(redis_backend, shared=True),
+    "amqp": Backend(amqp_backend, shared=True),
 }
 
 

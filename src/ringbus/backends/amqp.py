@@ -35,6 +35,7 @@ import hashlib
 import heapq
 import itertools
 import logging
+import re
 import threading
 import time
 from collections import deque
@@ -95,6 +96,11 @@ _INTERNAL = (_H_KEY, _H_PRIORITY, _H_ATTEMPTS, _H_TS, _H_META, _H_EXPIRES, _H_CA
 _RABBIT = ("x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
 _DEATH_REASONS = {"expired": "expired", "maxlen": "overflow", "rejected": "rejected", "delivery_limit": "max_attempts"}
 _DELAY = "~delay."
+_OPTION_OF_ARGUMENT = {
+    "durable": "durable", "x-max-length": "max_length", "x-overflow": "overflow",
+    "x-dead-letter-exchange": "dead_letter", "x-dead-letter-routing-key": "dead_letter",
+    "x-max-priority": "priority (ringbus queues have x-max-priority 10)",
+}
 _REPLY_TO = "amq.rabbitmq.reply-to"
 _DEFAULTS = asdict(QueueOptions())
 _json = msgspec.json.encode
@@ -505,6 +511,7 @@ class AmqpBus(Bus):
                 reason = str(death.get("reason", ""))
                 headers[DEAD_REASON] = _DEATH_REASONS.get(reason, reason)
                 headers[DEAD_FROM] = queue
+                internal.pop(_H_EXPIRES, None)  # the ttl was the dead queue's; a dead letter starts afresh
                 break
         attempts = int(internal.get(_H_ATTEMPTS, 0)) + (1 if redelivered else 0)
         meta = internal.get(_H_META)
@@ -592,8 +599,11 @@ class AmqpBus(Bus):
                                            arguments=self._queue_arguments(record))
         except pika_errors.ChannelClosedByBroker as exc:
             if exc.reply_code == 406:
-                raise ValueError(f"queue {name!r} exists in RabbitMQ with other arguments than ringbus gives it "
-                                 f"({exc.reply_text})") from None
+                found = re.search(r"inequivalent arg '([^']+)'", str(exc.reply_text))
+                argument = found.group(1) if found else "?"
+                option = _OPTION_OF_ARGUMENT.get(argument, argument)
+                raise ValueError(f"queue {name!r} exists in RabbitMQ with other arguments than ringbus gives it: "
+                                 f"{argument} (ringbus option {option}); {exc.reply_text}") from None
             raise
 
     def _declare(self, name: str, options: dict[str, Any], group_pattern: str | None = None) -> None:

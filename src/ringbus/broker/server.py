@@ -57,6 +57,9 @@ MDP_HEARTBEAT = 2.5  # seconds; MajordomoWorker's default too
 EVENT_BATCH = 256  # events per EVT message to one subscriber
 MAX_STUCK = 100_000  # replies waiting for full peers; beyond it they are dropped and counted
 STUCK_RETRY = 0.01  # seconds between tries of waiting replies
+# Delivery tags on the wire carry a random number of this broker run above TAG_BITS: a queue's own tags start
+# at 1 again after a restart, and a settle held from before it must not settle another delivery.
+TAG_BITS = 40
 
 _MDP_HEADERS = (b"MDPC01", b"MDPW01")
 
@@ -257,6 +260,7 @@ class Broker:
         self.recovered = self._store.recover(self.queues, self.topics)
         self._log.commit()
         log.info("broker recovered %s from %s", self.recovered, self.data)
+        self._tag_run = (int.from_bytes(os.urandom(3), "big") >> 2 | 1) << TAG_BITS  # below 2**62: any int64
         self._sessions: dict[str, _Session] = {}
         self._subscribers: dict[bytes, tuple[int, str, _Subscriber]] = {}  # token -> (book token, session, it)
         self._encoded_cache: tuple[Message | None, list[Any]] = (None, [])
@@ -527,8 +531,8 @@ class Broker:
 
     def _deliver(self, identity: bytes, rid: bytes, delivered: list[tuple[int, Message, list[bytes] | None]]) -> None:
         counts, inline, out = batch_frames([wire or encode(message) for _, message, wire in delivered])
-        self._reply(identity, rid, {"tags": [tag for tag, _, _ in delivered], "frames": counts, "inline": inline},
-                    *out)
+        tags = [self._tag_run | tag for tag, _, _ in delivered]
+        self._reply(identity, rid, {"tags": tags, "frames": counts, "inline": inline}, *out)
 
     def _on_ready(self, queue: Queue) -> None:
         if queue.name in self._waiters:
@@ -571,7 +575,9 @@ class Broker:
         tags = args.get("tags", [args.get("tag")])
         if not isinstance(tags, list) or not all(isinstance(t, int) for t in tags):
             raise ProtocolError(f"tags must be a list of ints, got {tags!r}")
-        return args["queue"], tags
+        run = self._tag_run
+        # A tag of another run becomes 0, which no delivery has: stale.
+        return args["queue"], [t ^ run if t >> TAG_BITS == run >> TAG_BITS else 0 for t in tags]
 
     def _ack(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         self._settle_each(identity, rid, args, self.queues.ack)

@@ -96,6 +96,16 @@ def _stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard(args: argparse.Namespace) -> int:
+    import logging
+
+    from ringbus.dashboard import serve
+
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return serve(args.url, host=args.host, port=args.port, interval=args.interval, timeout=args.timeout,
+                 log_level=args.log_level)
+
+
 def _serve_http(args: argparse.Namespace) -> int:
     from ringbus.http import main
 
@@ -151,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     stats.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker")
     stats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     stats.set_defaults(handler=_stats)
+
+    from ringbus.dashboard import DEFAULT_HOST, DEFAULT_PORT
+
+    dashboard = commands.add_parser("dashboard", help="serve a live web page of a broker's queues: depth, "
+                                    "in-flight, dead letters, consumers, rates, latency")
+    dashboard.add_argument("--url", default=DEFAULT_ENDPOINT, help=f"the broker (default: {DEFAULT_ENDPOINT})")
+    dashboard.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default: {DEFAULT_HOST}; "
+                           "the page has no authentication: keep it on loopback)")
+    dashboard.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default: {DEFAULT_PORT}; 0 = any "
+                           "free port)")
+    dashboard.add_argument("--interval", type=float, default=1.0, help="seconds between snapshots (default: 1)")
+    dashboard.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the broker (default: 5)")
+    dashboard.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    dashboard.set_defaults(handler=_dashboard)
 
     # Every flag, --help included, goes through to ringbus.http.main (it has its own parser).
     serve = commands.add_parser("serve-http", help="serve asynchronous request-reply over HTTP (POST /jobs -> 202, "

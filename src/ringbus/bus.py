@@ -391,7 +391,9 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
     ``tcp://host:port`` or ``ipc:///path``: the embedded broker (``ringbus broker``).
     ``redis://host:port/db?prefix=name:`` (or ``rediss://``): Redis (docs/backends.md).
     ``amqp://user:pass@host:port/vhost?prefix=name.`` (or ``amqps://``): RabbitMQ (docs/backends.md).
-    ``nats://``, ``mqtt://``: not in this release; they raise Unsupported.
+    ``mqtt://host:port?prefix=name/``: publish/subscribe on an MQTT 5 broker; queues raise Unsupported
+    (docs/backends.md).
+    ``nats://``: not in this release; it raises Unsupported.
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str such as 'memory://' or 'tcp://127.0.0.1:5555', not {type(url).__name__}")
@@ -412,6 +414,10 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
         from ringbus.backends.amqp import AmqpBus
 
         return AmqpBus(url, **options)
+    if scheme == "mqtt":
+        from ringbus.backends.mqtt import MqttBus
+
+        return MqttBus(url, **options)
     if scheme in ("nats", "mqtt"):
         raise Unsupported(f"the {scheme}:// backend is not in this release of ringbus; use memory:// or the embedded "
                           "broker (tcp:// or ipc://)")

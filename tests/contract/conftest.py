@@ -123,12 +123,37 @@ def amqp_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             bus.drop_namespace()  # type: ignore[attr-defined]
 
 
+MQTT_ADDRESS = ("127.0.0.1", 1883)
+
+
+@contextmanager
+def mqtt_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Mosquitto at 127.0.0.1:1883, every topic under a prefix of this session's own; durable groups' sessions
+    expire a minute after their last disconnect (nothing else stays on the broker).
+
+    Without a Mosquitto there (or without paho-mqtt) the tests skip, unless RINGBUS_REQUIRE_SERVICES=1 (CI), where
+    that is a failure.
+    """
+    import os
+    import socket
+
+    try:
+        import paho.mqtt  # noqa: F401
+        socket.create_connection(MQTT_ADDRESS, timeout=2.0).close()
+    except (ImportError, OSError) as exc:
+        message = (f"no Mosquitto answers at mqtt://{MQTT_ADDRESS[0]}:{MQTT_ADDRESS[1]} ({exc}); start one "
+                   "(mosquitto -d) and pip install 'paho-mqtt>=2.0' to run the mqtt backend's tests")
+        (pytest.fail if os.environ.get("RINGBUS_REQUIRE_SERVICES") == "1" else pytest.skip)(message)
+    yield f"mqtt://{MQTT_ADDRESS[0]}:{MQTT_ADDRESS[1]}?prefix=rbtest-{uuid.uuid4().hex[:12]}/&session_expiry=60"
+
+
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(memory_backend, shared=False),
     "broker-tcp": Backend(broker_tcp_backend, shared=True),
     "broker-ipc": Backend(broker_ipc_backend, shared=True),
     "redis": Backend(redis_backend, shared=True),
     "amqp": Backend(amqp_backend, shared=True),
+    "mqtt": Backend(mqtt_backend, shared=True),
 }
 
 

@@ -54,8 +54,17 @@ def test_url_must_name_a_known_scheme():
         connect("nope://x")
     with pytest.raises(TypeError):
         connect(123)
-    with pytest.raises(ringbus.Unsupported):
-        connect("mqtt://localhost")
+
+
+def test_a_backend_without_queues_names_the_feature_in_every_queue_call(bus, names):
+    """mqtt:// (topics only) refuses each queue method with ringbus.Unsupported saying what and why."""
+    if not unsupported(bus, "queues"):
+        return
+    q = names.queue()
+    for name in ("declare_queue", "send", "send_many", "receive", "consume", "queue_stats"):
+        with pytest.raises(ringbus.Unsupported, match="queues"):
+            CALLS[name](bus, q, names)
+    assert bus.queues() == []
 
 
 def test_declared_unsupported_features_are_known_names(bus):

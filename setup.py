@@ -39,7 +39,8 @@ def core_extension(name):
 
 setup(
     ext_modules=cythonize(
-        [core_extension(n) for n in ("_ring", "_priority_queue", "_array_ring", "_shm_channel", "_crc32c")],
+        [core_extension(n) for n in ("_ring", "_priority_queue", "_array_ring", "_shm_channel", "_crc32c",
+                                               "_histogram")],
         compiler_directives=CYTHON_DIRECTIVES,
         include_path=["src"],
     ),

@@ -5,42 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from typing import Sequence
 
 import ringbus
+from ringbus import _config
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from ringbus.bench import broker, core, ipc, patterns, pipeline, pubsub
-    from ringbus.bench._harness import format_table, run_case
+    from ringbus.bench.report import run_cli
 
-    suites = {"core": core.cases, "ipc": ipc.cases, "broker": broker.cases, "patterns": patterns.cases,
-              "pubsub": pubsub.cases, "pipeline": pipeline.cases}
-
-    names = list(suites) if args.suite == "all" else [args.suite]
-    rows = []
-    for name in names:
-        for case in suites[name](scale=args.scale, seed=args.seed):
-            if not args.json:
-                print(f"running {case.name} ...", file=sys.stderr, flush=True)
-            rows.extend(run_case(case, args.rounds))
-    notes = ipc.missing_peers() if args.suite in ("ipc", "all") else []
-    if args.suite in ("broker", "all"):
-        notes += broker.missing_peers()
-    if args.suite in ("patterns", "all"):
-        notes += patterns.missing_peers()
-    if args.suite in ("pubsub", "all"):
-        notes += pubsub.missing_peers()
-    if args.json:
-        print(json.dumps({"implementation": ringbus.IMPLEMENTATION, "rows": [asdict(r) for r in rows], "notes": notes}, indent=2))
-    else:
-        print(f"ringbus {ringbus.__version__} ({ringbus.IMPLEMENTATION} core); medians of {args.rounds} rounds; "
-              "speed-up = peer time / ringbus time, measured side by side in this run")
-        print(format_table(rows))
-        for note in notes:
-            print(f"note: {note}")
-    return 0
+    return run_cli(args)
 
 
 def _broker(args: argparse.Namespace) -> int:
@@ -125,16 +99,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ringbus", description=ringbus.__doc__)
-    parser.add_argument("--version", action="version", version=f"ringbus {ringbus.__version__}")
+    parser = _config.OneLineParser(prog="ringbus", description=ringbus.__doc__,
+                                   epilog="Settings: flags > environment > config file > defaults; exit codes "
+                                          "0 ok, 1 failure, 2 usage, 3 unavailable, 130 interrupted (docs/cli.md).")
+    parser.add_argument("--version", action="version", version=_config.version_text())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = commands.add_parser("bench", help="measure ringbus beside its peers and print ratios")
-    bench.add_argument("suite", nargs="?", default="core", choices=["core", "ipc", "broker", "patterns", "pubsub", "pipeline", "all"], help="which comparisons (default: core)")
-    bench.add_argument("--rounds", type=int, default=5, help="rounds per case; medians are reported (default: 5)")
-    bench.add_argument("--scale", type=float, default=1.0, help="work per round relative to the default (0.1 = a quick look)")
+    from ringbus.bench.report import available_suites, suites_help
+
+    bench.formatter_class = argparse.RawDescriptionHelpFormatter
+    bench.epilog = f"suites:\n{suites_help()}\n  all       every suite above"
+    bench.add_argument("suite", nargs="?", default="core", choices=[*available_suites(), "all"], help="which comparisons (default: core)")
+    bench.add_argument("--rounds", type=_config.positive_int, default=5, help="rounds per case; medians are reported (default: 5)")
+    bench.add_argument("--scale", type=_config.positive_float, default=1.0, help="work per round relative to the default (0.1 = a quick look)")
+    bench.add_argument("--quick", action="store_true", help="a smoke run: one round at 1/100 of the work (overrides --rounds and --scale)")
     bench.add_argument("--seed", type=int, default=12345, help="seed for the random priorities")
-    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    bench.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table (progress stays on stderr)")
+    bench.add_argument("--plot", metavar="PNG", help="also save a chart (matplotlib) of throughput and latency percentiles per contender")
+    bench.add_argument("--progress", default="auto", choices=["auto", "rich", "plain", "none"], help="progress on stderr: a rich bar on a terminal when rich is installed, else plain lines (default: auto)")
     bench.set_defaults(handler=_bench)
 
     from ringbus.broker.server import DEFAULT_ENDPOINT, default_data_dir
@@ -195,20 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "rounds", 1) < 1 or getattr(args, "scale", 1.0) <= 0:
-        print("ringbus: --rounds must be >= 1 and --scale > 0", file=sys.stderr)
-        return 2
-    try:
-        return int(args.handler(args))
-    except KeyboardInterrupt:
-        return 130
-    except ringbus.RingbusError as exc:  # a broker that does not answer, a data dir in use: one line, no traceback
-        print(f"ringbus {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # `ringbus bench | head`: the reader left, nothing is wrong
-        sys.stderr.close()
-        return 0
+    args = _config.parse_args(build_parser(), argv)  # flags > environment > config file > defaults
+    return _config.run(args.handler, args)  # an error is one line on stderr and a documented exit code
 
 
 if __name__ == "__main__":

@@ -31,15 +31,41 @@ class Case:
 
 @dataclass
 class Row:
+    """One contender's figure in one case: the record every suite yields (``ringbus.bench.report`` shows it).
+
+    A case's ringbus row has ``ratio=None``; each peer row carries peer / ringbus from the same run.
+    """
+
     case: str
     label: str
     unit: str
-    ns_per_op: float
+    ns_per_op: float  # median time of one operation; the p50 for a latency case
     ratio: float | None  # peer time / ours: > 1 means ringbus is faster
     target: float | None
     bandwidth_gbs: float | None
     p50_us: float | None = None
     p99_us: float | None = None
+    p90_us: float | None = None
+    p999_us: float | None = None
+    suite: str = ""  # filled in by the report when a suite's module does not
+    n: int = 0  # operations per round
+    rounds: int = 0
+    compared: str = "median"  # what the ratio compares: "median" time, or a latency percentile ("p99")
+
+    @property
+    def ours(self) -> bool:
+        return self.ratio is None
+
+    @property
+    def met(self) -> bool | None:
+        """Whether this run met the issue's target ratio (None: no target on this row)."""
+        if self.ratio is None or self.target is None:
+            return None
+        return self.ratio >= self.target
+
+    @property
+    def ops_per_s(self) -> float:
+        return 1e9 / self.ns_per_op if self.ns_per_op > 0 else 0.0
 
 
 def percentile(samples: list[float], q: float) -> float:
@@ -82,6 +108,8 @@ def run_case(case: Case, rounds: int, progress: Callable[[str], None] | None = N
                 ratio=None if label == ours_label else median / ours_median,
                 target=case.target.get(label),
                 bandwidth_gbs=(case.bytes_per_op * case.n / median / 1e9) if case.bytes_per_op else None,
+                n=case.n,
+                rounds=rounds,
             )
         )
     return rows
@@ -102,7 +130,7 @@ def _run_latency_case(case: Case, rounds: int, progress: Callable[[str], None] |
     ours_stat = percentile(samples[case.ours[0]], case.latency_stat)
     rows = []
     for label, _ in contenders:
-        p50, p99 = percentile(samples[label], 50), percentile(samples[label], 99)
+        p50, p90, p99, p999 = (percentile(samples[label], q) for q in (50, 90, 99, 99.9))
         rows.append(
             Row(
                 case=case.name,
@@ -114,6 +142,11 @@ def _run_latency_case(case: Case, rounds: int, progress: Callable[[str], None] |
                 bandwidth_gbs=None,
                 p50_us=p50 * 1e6,
                 p99_us=p99 * 1e6,
+                p90_us=p90 * 1e6,
+                p999_us=p999 * 1e6,
+                n=case.n,
+                rounds=rounds,
+                compared=f"p{case.latency_stat:g}",
             )
         )
     return rows
@@ -123,37 +156,3 @@ def timed(body: Callable[[], None]) -> float:
     start = time.perf_counter()
     body()
     return time.perf_counter() - start
-
-
-def format_table(rows: list[Row]) -> str:
-    """A plain-text table: one line per contender, ratios against ringbus on its case's first line.
-
-    Speed-up is peer time / ringbus time (throughput cases) or peer p99 /
-    ringbus p99 (latency cases): above 1 means ringbus is faster.
-    """
-    header = ("case", "contender", "ns/op", "GB/s", "p50 us", "p99 us", "ringbus speed-up", "target", "met")
-    lines = [header]
-    for row in rows:
-        met = ""
-        if row.ratio is not None and row.target is not None:
-            met = "yes" if row.ratio >= row.target else "NO"
-        lines.append(
-            (
-                row.case,
-                row.label,
-                f"{row.ns_per_op:,.1f}",
-                f"{row.bandwidth_gbs:.2f}" if row.bandwidth_gbs is not None else "",
-                f"{row.p50_us:.1f}" if row.p50_us is not None else "",
-                f"{row.p99_us:.1f}" if row.p99_us is not None else "",
-                "(ringbus)" if row.ratio is None else f"{row.ratio:.2f}x",
-                f">= {row.target:g}x" if row.target is not None else "",
-                met,
-            )
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    out = []
-    for i, line in enumerate(lines):
-        out.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths))))
-        if i == 0:
-            out.append("  ".join("-" * w for w in widths))
-    return "\n".join(out)

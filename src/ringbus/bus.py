@@ -14,7 +14,7 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping
 from urllib.parse import urlsplit
 
 from ringbus.errors import Closed, Unsupported
@@ -168,6 +168,11 @@ class QueueStats:
     deduplicated: int  # sends dropped as repeats of a dedup_id within the window
     send_rate: float  # messages per second over the last few seconds
     ack_rate: float
+    # Optional: None where a backend does not measure them (docs/observability.md).
+    delivered: int | None = None  # deliveries, redeliveries included
+    nacked: int | None = None  # nacks, requeued or dead-lettered
+    # {"queue_wait" | "processing" | "end_to_end": {"count", "p50", "p90", "p99", "max"}} in ms, last 30-60 s
+    latency_ms: Mapping[str, Mapping[str, float]] | None = None
 
 
 class Subscription(ABC):

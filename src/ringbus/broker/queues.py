@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable, Iterable, Protocol
 import msgspec
 
 from ringbus._core import PriorityQueue
+from ringbus.broker.metrics import QueueMetrics
 from ringbus.bus import QueueOptions, QueueStats
 from ringbus.errors import Empty, Full, NotFound, RingbusError
 from ringbus.message import Message
@@ -50,7 +51,7 @@ class Entry:
     """One accepted message and where it is in its queue's life cycle."""
 
     __slots__ = ("seq", "message", "ready_at", "expires_at", "deliveries", "dedup_id", "state", "tag",
-                 "deadline", "holder", "lsn", "wire")
+                 "deadline", "holder", "lsn", "wire", "enqueued_at")
 
     def __init__(self, seq: int, message: Message, ready_at: float, expires_at: float | None,
                  deliveries: int = 0, dedup_id: str | None = None, lsn: int = -1) -> None:
@@ -66,6 +67,8 @@ class Entry:
         self.holder: Hashable | None = None  # consumer (session) holding it while in flight
         self.lsn = lsn  # where the broker's log holds it (-1: nowhere)
         self.wire: list[bytes] | None = None  # the frames it arrived in: logged and first delivered as they are
+        # Monotonic time the send was accepted (end-to-end latency); a recovered entry knows its first ready time.
+        self.enqueued_at = ready_at
 
 
 Delivery = tuple[int, Message, "list[bytes] | None"]  # (delivery tag, message, its frames if unchanged)
@@ -90,7 +93,8 @@ class Journal(Protocol):
 class Queue:
     """One queue's messages. Use through :class:`QueueBook`, which routes dead letters between queues."""
 
-    def __init__(self, name: str, options: QueueOptions, *, implicit: bool = False, binding: str | None = None) -> None:
+    def __init__(self, name: str, options: QueueOptions, *, implicit: bool = False, binding: str | None = None,
+                 metrics: QueueMetrics | None = None) -> None:
         self.name = name
         self.options = options
         self.implicit = implicit  # declared on the side (a dead-letter queue); an explicit declare may redefine it
@@ -111,6 +115,8 @@ class Queue:
         self._tags = itertools.count(1)
         self.consumers = 0
         self.sent = self.acked = self.redelivered = self.dead_lettered = self.expired = self.deduplicated = 0
+        self.delivered = self.nacked = 0
+        self.metrics = metrics  # latency histograms; None when the book keeps none
         self._samples: deque[tuple[float, int, int]] = deque()
 
     # -- sizes -------------------------------------------------------------------------------------------------
@@ -220,7 +226,8 @@ class Queue:
             name=self.name, depth=self.depth, ready=self._ready_count, delayed=len(self._delayed),
             in_flight=len(self._in_flight), consumers=self.consumers, sent=self.sent, acked=self.acked,
             redelivered=self.redelivered, dead_lettered=self.dead_lettered, expired=self.expired,
-            deduplicated=self.deduplicated, send_rate=send_rate, ack_rate=ack_rate,
+            deduplicated=self.deduplicated, send_rate=send_rate, ack_rate=ack_rate, delivered=self.delivered,
+            nacked=self.nacked, latency_ms=None if self.metrics is None else self.metrics.latency_ms(now),
         )
 
 
@@ -235,11 +242,14 @@ class QueueBook:
         Called with a queue when a message became deliverable on it (wake waiting consumers).
     clock : callable
         Monotonic seconds; tests may pass their own.
+    metrics : bool
+        Keep latency histograms per queue (queue wait, processing, end to end; ringbus.broker.metrics).
     """
 
     def __init__(self, *, journal: Journal | None = None, on_ready: Callable[[Queue], None] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, metrics: bool = True) -> None:
         self.queues: dict[str, Queue] = {}
+        self.metrics = metrics
         self._journal = journal
         self._on_ready = on_ready
         self._clock = clock
@@ -267,13 +277,17 @@ class QueueBook:
                 raise ValueError(f"queue {name!r} already exists with different {', '.join(differ)} "
                                  f"({', '.join(f'{f}={getattr(queue.options, f, queue.binding)!r}' for f in differ)})")
             return queue, False
-        queue = self.queues[name] = Queue(name, options, binding=binding)
+        queue = self.queues[name] = Queue(name, options, binding=binding, metrics=self._new_metrics())
         dlq_name = options.dead_letter_queue(name)
         if dlq_name not in self.queues and dlq_name != name:
             # Declared on the side; its own dead letters have nowhere to go (dropped and counted), so
             # dead-letter queues do not chain.
-            self.queues[dlq_name] = Queue(dlq_name, QueueOptions(durable=options.durable), implicit=True)
+            self.queues[dlq_name] = Queue(dlq_name, QueueOptions(durable=options.durable), implicit=True,
+                                          metrics=self._new_metrics())
         return queue, True
+
+    def _new_metrics(self) -> QueueMetrics | None:
+        return QueueMetrics(self._clock()) if self.metrics else None
 
     def get(self, name: str) -> Queue:
         queue = self.queues.get(name)
@@ -310,6 +324,7 @@ class QueueBook:
         entry = Entry(queue.next_seq(), message, now + delay if delay else now,
                       now + ttl if ttl is not None else None, dedup_id=dedup_id)
         entry.wire = wire
+        entry.enqueued_at = now
         if options.durable and self._journal is not None:
             self._journal.enqueued(queue, entry)  # first: if the log refuses it, nothing below happened
         if dedup_id is not None and options.dedup_window > 0:
@@ -347,6 +362,7 @@ class QueueBook:
         ready = queue._ready
         vt = queue.options.visibility_timeout
         journal = self._journal if queue.options.durable else None
+        metrics = queue.metrics
         while len(out) < max_items and queue._ready_count:
             try:
                 entry = ready.get_nowait()
@@ -376,7 +392,10 @@ class QueueBook:
             entry.deliveries += 1
             if journal is not None:
                 journal.delivered(queue, entry)
+            if metrics is not None:
+                metrics.delivered(entry.ready_at, now)
             out.append((tag, message, wire))
+        queue.delivered += len(out)
         return out
 
     def _settling(self, name: str, tag: int, action: str) -> tuple[Queue, Entry]:
@@ -387,6 +406,11 @@ class QueueBook:
                 f"cannot {action} delivery {tag} of queue {name!r}: it is not in flight (already settled, or its "
                 "visibility timeout passed and it was delivered again)"
             )
+        metrics = queue.metrics
+        if metrics is not None and action != "release":
+            # Delivered when its lease began: the lease runs visibility_timeout from the delivery.
+            metrics.settled(entry.deadline - queue.options.visibility_timeout, entry.enqueued_at, self._clock(),
+                            action == "ack")
         return queue, entry
 
     def ack(self, name: str, tag: int) -> None:
@@ -402,6 +426,7 @@ class QueueBook:
     def nack(self, name: str, tag: int, *, requeue: bool = True, delay: float | None = None) -> None:
         """Settle a delivery as failed: back to waiting (after ``delay``), or dead-lettered."""
         queue, entry = self._settling(name, tag, "nack")
+        queue.nacked += 1
         now = self._clock()
         if not requeue:
             self._dead_letter(queue, entry, "nacked", now)

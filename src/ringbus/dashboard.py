@@ -22,13 +22,14 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from ringbus.bus import Bus, QueueStats, check_seconds, connect
 from ringbus.errors import NotFound
 
-__all__ = ["DashboardSampler", "dashboard_app", "serve", "DEFAULT_HOST", "DEFAULT_PORT"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DashboardSampler", "dashboard_app", "serve"]
 
 log = logging.getLogger("ringbus.dashboard")
 
@@ -40,6 +41,7 @@ LATENCY_FIELDS = ("count", "p50", "p90", "p99", "max")
 # backend's default (30 s).
 _TIMEOUT_SCHEMES = frozenset({"tcp", "ipc", "redis", "rediss"})
 _COUNTERS = ("sent", "acked", "dead_lettered")  # the rates the dashboard derives, messages per second
+_NOT_PLAIN = ("send_rate", "ack_rate", "latency_ms")  # QueueStats fields a row carries in its own shape
 _SERIES = ("depth", "in_flight", "dead_lettered", "send_rate", "ack_rate", "queue_wait_p99", "end_to_end_p99")
 _ASSETS = {  # file in dashboard_static/ -> media type; nothing else is served from there
     "index.html": "text/html; charset=utf-8",
@@ -73,11 +75,19 @@ def _seconds(name: str, value: float) -> float:
 
 
 def _latency(raw: Any) -> dict[str, dict[str, float | None]] | None:
-    """``QueueStats.latency_ms`` reduced to the kinds and fields the page knows, or None when the backend has none."""
-    if not isinstance(raw, dict):
+    """``QueueStats.latency_ms`` reduced to the kinds and fields the page knows, or None when the backend has none.
+
+    A kind with no samples (count 0) has no percentiles: they become None rather than a misleading 0.
+    """
+    if not isinstance(raw, Mapping):
         return None
-    kinds = {kind: {f: _number(raw[kind].get(f)) for f in LATENCY_FIELDS}
-             for kind in LATENCY_KINDS if isinstance(raw.get(kind), dict)}
+    kinds = {}
+    for kind in LATENCY_KINDS:
+        figures = raw.get(kind)
+        if isinstance(figures, Mapping):
+            kinds[kind] = {f: _number(figures.get(f)) for f in LATENCY_FIELDS}
+            if kinds[kind]["count"] == 0:
+                kinds[kind].update(dict.fromkeys(LATENCY_FIELDS[1:]))
     return kinds or None
 
 
@@ -97,10 +107,13 @@ class DashboardSampler:
         reported after this long.
     max_queues : int
         Most queues read per snapshot (each is one round trip); the rest are counted, not shown.
+    bus_factory : callable or None
+        Opens the Bus to read, on the sampler's thread (for connection options such as keys or a prefix);
+        default: ``connect(url)`` with ``timeout``. Called again after a failure.
     """
 
     def __init__(self, url: str, *, interval: float = 1.0, history: int = 300, timeout: float = 5.0,
-                 max_queues: int = 200) -> None:
+                 max_queues: int = 200, bus_factory: Callable[[], Bus] | None = None) -> None:
         if not isinstance(url, str) or not url:
             raise TypeError(f"url must be a bus url such as 'tcp://127.0.0.1:5555', not {url!r}")
         self.url = url
@@ -111,6 +124,7 @@ class DashboardSampler:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.history = history
         self.max_queues = max_queues
+        self._bus_factory = bus_factory
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,12 +151,6 @@ class DashboardSampler:
             self._thread.join(timeout)
             self._thread = None
 
-    def __enter__(self) -> DashboardSampler:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
     # -- what requests read -------------------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:
         """The latest snapshot: ``status`` (connecting, ok, error), ``error``, ``queues`` (the last read, which is
@@ -160,6 +168,8 @@ class DashboardSampler:
 
     # -- the sampler thread -------------------------------------------------------------------------------------
     def _connect(self) -> Bus:
+        if self._bus_factory is not None:
+            return self._bus_factory()
         scheme = urlsplit(self.url).scheme
         return connect(self.url, timeout=self.timeout) if scheme in _TIMEOUT_SCHEMES else connect(self.url)
 
@@ -176,20 +186,19 @@ class DashboardSampler:
                 # retried next interval; the dashboard itself keeps serving.
                 except Exception as exc:  # noqa: BLE001
                     self._failed(exc)
-                    bus = self._close(bus)
+                    self._close(bus)
+                    bus = None
                 self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
         finally:
             self._close(bus)
 
     @staticmethod
     def _close(bus: Bus | None) -> None:
-        """Close ``bus`` if there is one; returns None, the bus the sampler holds from then on."""
         if bus is not None:
             try:
                 bus.close()
-            except Exception:  # noqa: BLE001 - a bus that failed may fail to close too; it is dropped either way
+            except Exception:  # a bus that failed may fail to close too; it is dropped either way
                 log.debug("closing the bus failed", exc_info=True)
-        return None
 
     def _read(self, bus: Bus) -> None:
         names = sorted(bus.queues())
@@ -219,7 +228,8 @@ class DashboardSampler:
             self._last_error = None
 
     def _row(self, stats: QueueStats, now: float) -> dict[str, Any]:
-        fields = dataclasses.asdict(stats)
+        # Shallow: a backend's figures may be read-only mappings that asdict's deep copy cannot take.
+        fields = {f.name: getattr(stats, f.name) for f in dataclasses.fields(stats)}
         counters = {c: int(fields[c]) for c in _COUNTERS}
         rates: dict[str, float | None] = dict.fromkeys(_COUNTERS)
         previous = self._previous.get(stats.name)
@@ -230,8 +240,10 @@ class DashboardSampler:
                 # A counter that went down means the broker restarted: no rate across that gap.
                 rates[c] = round(delta / elapsed, 3) if delta >= 0 else None
         self._previous[stats.name] = (now, counters)
-        row = {key: _number(value) if isinstance(value, float) else value for key, value in fields.items()
-               if key not in ("send_rate", "ack_rate", "latency_ms")}
+        # Every plain figure QueueStats has (and fields a newer backend adds), as long as JSON can carry it.
+        row: dict[str, Any] = {
+            key: _number(value) if isinstance(value, float) else value for key, value in fields.items()
+            if key not in _NOT_PLAIN and (value is None or isinstance(value, (str, int, float)))}
         row["rates"] = rates
         row["broker_rates"] = {"sent": _number(stats.send_rate), "acked": _number(stats.ack_rate)}
         row["latency_ms"] = _latency(fields.get("latency_ms"))
@@ -251,7 +263,7 @@ def _asset(name: str) -> bytes:
 
 
 def dashboard_app(url: str, *, interval: float = 1.0, history: int = 300, timeout: float = 5.0,
-                  max_queues: int = 200) -> Any:
+                  max_queues: int = 200, bus_factory: Callable[[], Bus] | None = None) -> Any:
     """The dashboard of the bus at ``url`` as a Starlette app; its sampler runs while the app is served.
 
     The parameters are those of :class:`DashboardSampler`; ``app.state.sampler`` is it. A url that is malformed
@@ -268,7 +280,8 @@ def dashboard_app(url: str, *, interval: float = 1.0, history: int = 300, timeou
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise ImportError(f"ringbus.dashboard_app {_NEEDS_EXTRA}") from exc
 
-    sampler = DashboardSampler(url, interval=interval, history=history, timeout=timeout, max_queues=max_queues)
+    sampler = DashboardSampler(url, interval=interval, history=history, timeout=timeout, max_queues=max_queues,
+                               bus_factory=bus_factory)
     assets = {name: _asset(name) for name in _ASSETS}  # read once: a broken install fails here, not per request
 
     def static(name: str) -> Any:
@@ -282,7 +295,7 @@ def dashboard_app(url: str, *, interval: float = 1.0, history: int = 300, timeou
         headers = {**_SECURITY_HEADERS, **({} if ok else {"Retry-After": str(max(1, round(sampler.interval)))})}
         return JSONResponse(doc, status_code=200 if ok else 503, headers=headers)
 
-    async def history(request: Request) -> Response:
+    async def history_series(request: Request) -> Response:
         return JSONResponse(await run_in_threadpool(sampler.history_doc), headers=_SECURITY_HEADERS)
 
     @asynccontextmanager
@@ -297,7 +310,7 @@ def dashboard_app(url: str, *, interval: float = 1.0, history: int = 300, timeou
                             Route("/dashboard.js", static("dashboard.js")),
                             Route("/dashboard.css", static("dashboard.css")),
                             Route("/api/queues", queues),
-                            Route("/api/history", history)], lifespan=lifespan)
+                            Route("/api/history", history_series)], lifespan=lifespan)
     app.state.sampler = sampler
     return app
 
@@ -310,7 +323,8 @@ def serve(url: str, *, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, inter
     Starlette/uvicorn). The bus itself may be away: the page says so and keeps trying.
     """
     try:
-        from ringbus.http import JobServer  # uvicorn on a thread (any ASGI app); this thread waits for a signal
+        # uvicorn on a thread (it serves any ASGI app); this thread waits for a signal
+        from ringbus.http import JobServer
 
         if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
             raise ValueError(f"port must be 0..65535, got {port!r}")

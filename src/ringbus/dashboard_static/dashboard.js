@@ -12,6 +12,7 @@
     points: 300,        // history kept per queue, from the server
     history: new Map(), // queue name -> {t: [...], depth: [...], ...}
     selected: null,     // the queue the charts show
+    pinned: false,      // true once a row was clicked: the charts stop following the busiest queue
     doc: null,          // the latest snapshot
   };
 
@@ -103,6 +104,7 @@
     const status = $("status");
     const kind = failure ? "error" : doc.status;
     status.className = `status ${kind}`;
+    document.body.classList.toggle("stale", kind === "error"); // what shows is the last snapshot read
     status.textContent = { ok: "live", connecting: "connecting…", error: "not reading" }[kind] || kind;
     if (doc) $("bus-url").textContent = doc.url;
     $("updated").textContent = doc && isNum(doc.updated) ? `updated ${clock(doc.updated)}` : "";
@@ -138,6 +140,7 @@
 
   function select(name) {
     state.selected = name;
+    state.pinned = true;
     render();
   }
 
@@ -192,8 +195,10 @@
     const plotW = width - left - right;
     const plotH = height - top - bottom;
     const nodes = [];
-    const windowS = Math.max(10, (state.points * state.intervalMs) / 1000);
+    // The window grows with the history, from a minute up to all the points kept.
     const end = times.length ? times[times.length - 1] : Date.now() / 1000;
+    const kept = Math.max(10, (state.points * state.intervalMs) / 1000);
+    const windowS = Math.min(kept, Math.max(60, times.length ? end - times[0] : 0));
     const start = end - windowS;
     const all = lines.flatMap((line) => line.values.filter(isNum));
     const ymax = niceMax(Math.max(0, ...all));
@@ -279,7 +284,11 @@
     const doc = state.doc;
     if (!doc) return;
     const queues = doc.queues || [];
-    if (!queues.some((q) => q.name === state.selected)) state.selected = queues.length ? queues[0].name : null;
+    if (!state.pinned || !queues.some((q) => q.name === state.selected)) {
+      // Until a row is clicked, chart the busiest queue: the most messages sent.
+      const busiest = queues.reduce((best, q) => (!best || (q.sent || 0) > (best.sent || 0) ? q : best), null);
+      state.selected = busiest ? busiest.name : null;
+    }
     renderTotals(queues);
     renderTable(queues);
     $("empty").hidden = queues.length > 0 || doc.status !== "ok";

@@ -27,7 +27,8 @@ def _broker(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     broker = Broker(args.data, args.bind, fsync=args.fsync, heartbeat=args.heartbeat,
                     retention_seconds=args.retention_hours * 3600.0,
-                    retention_bytes=int(args.retention_mb * 1024 * 1024), peer_hwm=args.peer_hwm)
+                    retention_bytes=int(args.retention_mb * 1024 * 1024), peer_hwm=args.peer_hwm,
+                    metrics=args.metrics, metrics_port=args.metrics_port)
 
     def stop(signum: int, frame: object) -> None:
         broker.stop(timeout=0)
@@ -37,7 +38,8 @@ def _broker(args: argparse.Namespace) -> int:
     broker.start()
     recovered = broker.recovered
     print(f"{READY_PREFIX}{broker.endpoint} (data {broker.data}, fsync {broker.fsync}; recovered "
-          f"{recovered.get('messages', 0)} message(s) in {recovered.get('queues', 0)} queue(s))", flush=True)
+          f"{recovered.get('messages', 0)} message(s) in {recovered.get('queues', 0)} queue(s)"
+          f"{'; metrics ' + broker.metrics_url if broker.metrics_url else ''})", flush=True)
     while broker.running:
         broker.wait(0.5)
     return 0
@@ -53,14 +55,9 @@ def _stats(args: argparse.Namespace) -> int:
         return 0
     print(f"broker {args.url}: data {stats['data']}, fsync {stats['fsync']}, {stats['sessions']} session(s), "
           f"log {stats['log'].get('bytes', 0):,} bytes in {stats['log'].get('segments', 0)} segment(s)")
-    columns = ("depth", "in_flight", "dead_lettered", "consumers", "sent", "acked", "send_rate", "ack_rate")
-    rows = [[name, *(f"{q[c]:,.1f}" if isinstance(q[c], float) else f"{q[c]:,}" for c in columns)]
-            for name, q in sorted(stats["queues"].items())]
-    header = ["queue", *columns]
-    widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        print("  ".join(str(cell).ljust(widths[0]) if i == 0 else str(cell).rjust(widths[i])
-                        for i, cell in enumerate(row)))
+    from ringbus.broker.stats_view import print_queues
+
+    print_queues(stats["queues"])  # counts, then latency percentiles; rich on a terminal when installed
     topics = stats["topics"]
     print(f"topics: {topics['published']:,} published, {topics['delivered']:,} delivered, {topics['dropped']:,} "
           f"dropped (slow ephemeral subscribers), {topics['groups']} durable group(s)")
@@ -136,6 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="most megabytes of publications topics keep for replay (default 64)")
     broker.add_argument("--peer-hwm", type=int, default=100_000,
                         help="messages queued towards one client; a slower ephemeral subscriber drops (default 100000)")
+    broker.add_argument("--no-metrics", dest="metrics", action="store_false",
+                        help="keep no latency histograms (STATS then has no latency_ms; counters stay)")
+    broker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                        help="serve Prometheus /metrics on 127.0.0.1:PORT (0 = a free port; default: none)")
     broker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     broker.set_defaults(handler=_broker)
 

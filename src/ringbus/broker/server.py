@@ -24,6 +24,7 @@ import zmq
 
 from ringbus.broker.log import SegmentedLog
 from ringbus.broker.majordomo import Majordomo
+from ringbus.broker.metrics import MetricsServer, SnapshotExchange, broker_snapshot
 from ringbus.broker.protocol import (
     ERR,
     EVENT,
@@ -152,13 +153,19 @@ class Broker:
     peer_hwm : int
         Messages queued towards one client before more are refused: an ephemeral subscriber that falls this
         far behind loses what follows (counted in its ``dropped``), so a slow subscriber costs bounded memory.
+    metrics : bool
+        Keep latency histograms per queue (``latency_ms`` in STATS; docs/observability.md). On by default.
+    metrics_port, metrics_host : int or None, str
+        Serve Prometheus ``/metrics`` on ``http://metrics_host:metrics_port`` (0: a free port; see
+        ``metrics_url``); None (default) serves none. Needs prometheus-client.
     """
 
     def __init__(self, data: str | os.PathLike[str] | None = None, bind: str = DEFAULT_ENDPOINT, *,
                  fsync: str = "batch", heartbeat: float = 1.0, liveness: int = 3,
                  segment_bytes: int = 64 * 1024 * 1024, max_message: int = 64 * 1024 * 1024,
                  retention_seconds: float = 24 * 3600.0, retention_bytes: int = 64 * 1024 * 1024,
-                 peer_hwm: int = 100_000, context: zmq.Context[Any] | None = None) -> None:
+                 peer_hwm: int = 100_000, context: zmq.Context[Any] | None = None, metrics: bool = True,
+                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
         if fsync not in ("always", "batch", "never"):
             raise ValueError(f"fsync must be 'always', 'batch' or 'never', got {fsync!r}")
         check_seconds("heartbeat", heartbeat, allow_zero=False)
@@ -173,6 +180,13 @@ class Broker:
             raise ValueError(f"peer_hwm must be an int >= 1, got {peer_hwm!r}")
         self._peer_hwm = peer_hwm
         self._max_message = max_message
+        if metrics_port is not None and (isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
+                                         or not 0 <= metrics_port <= 65535):
+            raise ValueError(f"metrics_port must be a TCP port from 0 to 65535 or None, got {metrics_port!r}")
+        self.metrics = bool(metrics)
+        self._metrics_address = (metrics_host, metrics_port)
+        self._exporter: MetricsServer | None = None
+        self.metrics_url: str | None = None  # http://host:port/metrics once started with a metrics_port
         self._context = context or zmq.Context.instance()
         self._stop = threading.Event()
         self._ready = threading.Event()
@@ -243,6 +257,8 @@ class Broker:
             except (RingbusError, AttributeError):  # AttributeError: stopped before the store existed
                 pass
             self._log.close()
+            if self._exporter is not None:
+                self._exporter.close()
             socket = getattr(self, "_socket", None)
             if socket is not None:
                 socket.close(linger=0)
@@ -253,7 +269,7 @@ class Broker:
         self._waiter_deadlines: list[tuple[float, int, _Waiter]] = []
         self._waiter_ids = itertools.count()
         self._store = Store(self._log)
-        self.queues = QueueBook(journal=self._store, on_ready=self._on_ready)
+        self.queues = QueueBook(journal=self._store, on_ready=self._on_ready, metrics=self.metrics)
         self.topics = TopicBook(self.queues, on_publish=self._store.published, retention_seconds=self._retention[0],
                                 retention_bytes=self._retention[1], encode=encode)
         self._store.topics = self.topics
@@ -275,6 +291,10 @@ class Broker:
         socket.setsockopt(zmq.RCVHWM, 100_000)
         socket.bind(self.bind_address)
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        host, port = self._metrics_address
+        if port is not None:
+            self._exporter = MetricsServer(SnapshotExchange(), port, host)
+            self.metrics_url = self._exporter.url
         # MDP peers of others' making beat every 2.5 s (the zguide's default) whatever our own clients do.
         self.majordomo = Majordomo(self._send_mdp, heartbeat_interval=MDP_HEARTBEAT, liveness=3)
         self._handlers: dict[bytes, Callable[[bytes, bytes, dict[str, Any], list[Any]], None]] = {
@@ -293,6 +313,7 @@ class Broker:
         poller = zmq.Poller()
         poller.register(socket, zmq.POLLIN)
         next_expiry_check = 0.0
+        exchange = self._exporter.exchange if self._exporter is not None else None
         while not self._stop.is_set():
             wait = self._next_wait()
             if poller.poll(wait * 1000.0):
@@ -306,6 +327,8 @@ class Broker:
             self.queues.tick()
             self._serve_waiters()
             self._flush_events()
+            if exchange is not None and exchange.wanted:  # a scrape of /metrics waits for this turn's numbers
+                exchange.publish(broker_snapshot(self.queues.queues, time.monotonic(), self._broker_numbers()))
             now = time.monotonic()
             if self._waiter_deadlines and self._waiter_deadlines[0][0] <= now:
                 self._expire_waiters(now)  # every turn: a short receive timeout is answered on time
@@ -627,14 +650,18 @@ class Broker:
 
     def _broker_stats(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         queues = {name: dict(self.queues.stats(name).__dict__) for name in self.queues.names()}
-        self._reply(identity, rid, {
-            "queues": queues, "topics": self.topics.stats(), "services": self.majordomo.stats(),
+        self._reply(identity, rid, {"queues": queues, **self._broker_numbers()})
+
+    def _broker_numbers(self) -> dict[str, Any]:
+        """The broker-wide part of the BROKER reply (and of a /metrics snapshot)."""
+        return {
+            "topics": self.topics.stats(), "services": self.majordomo.stats(),
             "log": {k: v for k, v in self._log.stats().items() if isinstance(v, (int, float, str, bool))},
             "counters": {**self.counters, "unlogged": self._store.unlogged,
                          "dropped_dead_letters": self.queues.dropped_dead_letters},
             "sessions": len(self._sessions), "recovered": self.recovered,
             "data": str(self.data), "fsync": self.fsync,
-        })
+        }
 
     # -- topics -----------------------------------------------------------------------------------------------
     def _publish(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:

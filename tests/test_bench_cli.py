@@ -24,7 +24,8 @@ needs_matplotlib = pytest.mark.skipif(not report.plot_available(), reason="--plo
 
 def bench(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RINGBUS_")}
-    return subprocess.run([sys.executable, "-m", "ringbus", "bench", "core", "--quick", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ringbus", "bench", "core", "--quick", *args], check=False,
+                          capture_output=True,
                           text=True, cwd=tmp_path, env={**env, "HOME": str(tmp_path)}, timeout=300)
 
 
@@ -208,3 +209,32 @@ def test_plot_of_nothing_is_refused(tmp_path: Path) -> None:
 def test_row_derived_fields() -> None:
     row = Row("c", "peer", "op", 50.0, 0.8, 1.0, None)
     assert (row.ours, row.met, row.ops_per_s) == (False, False, 2e7)
+
+
+NOISY = '''
+import os
+from ringbus.bench._harness import Case, timed
+
+def cases(scale=1.0, seed=0):
+    def ours(n):
+        print("noise from a contender")
+        os.system("echo noise from a child process")
+        return timed(lambda: sum(range(n)))
+
+    return [Case("noisy", "item", 100, ("ringbus thing", ours), [("peer", ours)])]
+'''
+
+
+def test_json_stdout_holds_only_the_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capfd: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    (tmp_path / "rbplugin_noisy.py").write_text(NOISY)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(report, "SUITES", {"noisy": report.Suite("noisy", ("rbplugin_noisy",), "prints")})
+    args = argparse.Namespace(suite="noisy", quick=False, rounds=1, scale=1.0, seed=0, json=True, plot=None,
+                              progress="plain", debug=False)
+    assert report.run_cli(args) == 0
+    out, err = capfd.readouterr()
+    assert json.loads(out)["results"][0]["case"] == "noisy"
+    assert "noise from a contender" in err and "noise from a child process" in err

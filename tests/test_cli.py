@@ -7,6 +7,7 @@ config file or RINGBUS_* variable of the machine leaks in.
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import os
 import selectors
@@ -34,7 +35,7 @@ def clean_env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def ringbus(tmp_path: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ringbus", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ringbus", *args], check=False, capture_output=True, text=True,
                           cwd=tmp_path, env=clean_env(tmp_path, **env), timeout=TIMEOUT)
 
 
@@ -283,3 +284,22 @@ def test_passthrough_commands_get_settings_as_leading_flags(tmp_path: Path, monk
 
     parsed = http_parser().parse_args(args.args)
     assert (parsed.queue, parsed.url, parsed.allow_http_webhooks) == ("mine", "tcp://127.0.0.1:7", True)
+
+
+# --- docs/cli.md keeps up ----------------------------------------------------------------
+
+def test_docs_name_every_command_and_flag() -> None:
+    doc = (Path(__file__).parent.parent / "docs" / "cli.md").read_text()
+    commands = _config._commands(build_parser())
+    for name, sub in commands.items():
+        assert f"## `ringbus {name}`" in doc, name
+        parser = sub if not _config._passthrough(sub) else _config._passthrough_parser(name)
+        options = _config._options(parser) if parser is not None else {}
+        for option, action in options.items():
+            if action.help != argparse.SUPPRESS:  # hidden test hooks
+                assert f"--{option}" in doc, f"ringbus {name} --{option} is not in docs/cli.md"
+    for var in [v.name for v in _config.ENVIRONMENT] + [_config.CONFIG_ENV, _config.DEBUG_ENV]:
+        assert f"`{var}`" in doc, var
+    for code in (_config.EXIT_OK, _config.EXIT_FAILURE, _config.EXIT_USAGE, _config.EXIT_UNAVAILABLE,
+                 _config.EXIT_INTERRUPTED):
+        assert f"\n| {code} |" in doc, code

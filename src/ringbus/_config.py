@@ -13,9 +13,10 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, NoReturn, Sequence
+from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
 from ringbus.errors import PeerGone, RingbusError
@@ -24,13 +25,26 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: tomli is the same parser
     try:
-        import tomli as tomllib  # type: ignore[no-redef]
+        import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-__all__ = ["EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_UNAVAILABLE", "EXIT_INTERRUPTED", "ENVIRONMENT",
-           "UsageError", "OneLineParser", "positive_int", "positive_float", "version_text", "config_paths",
-           "parse_args", "run"]
+__all__ = [
+    "ENVIRONMENT",
+    "EXIT_FAILURE",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_UNAVAILABLE",
+    "EXIT_USAGE",
+    "OneLineParser",
+    "UsageError",
+    "config_paths",
+    "parse_args",
+    "positive_float",
+    "positive_int",
+    "run",
+    "version_text",
+]
 
 EXIT_OK = 0
 EXIT_FAILURE = 1  # the command ran and failed (a broker's data dir in use, a case that raised)
@@ -180,7 +194,7 @@ def _command_of(argv: Sequence[str], commands: Mapping[str, argparse.ArgumentPar
 def _options(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
     """The settable options of a parser by long name without dashes ("retention-hours")."""
     settable = (argparse._StoreAction, argparse._StoreTrueAction, argparse._StoreFalseAction)
-    out = {}
+    out: dict[str, argparse.Action] = {}
     for action in parser._actions:
         if isinstance(action, settable):
             for flag in action.option_strings:
@@ -364,7 +378,7 @@ def run(handler: Callable[[argparse.Namespace], int], args: argparse.Namespace) 
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes stdout at exit
         return EXIT_OK
-    except (Exception, KeyboardInterrupt) as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every failure becomes one line and a code
         code = classify(exc)
         if args.debug:
             traceback.print_exc()

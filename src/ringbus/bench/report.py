@@ -17,6 +17,7 @@ there that is not in the checkout leaves its suite out of the command's choices.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib
 import importlib.util
@@ -27,15 +28,26 @@ import sys
 import textwrap
 import time
 import traceback
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable, Iterator, Protocol, Sequence
+from typing import IO, Any, Protocol
 
 from ringbus.bench._harness import Case, Row, run_case
 
-__all__ = ["SUITES", "Suite", "BenchRun", "available_suites", "collect", "format_table", "to_json", "plot",
-           "make_progress", "run_cli"]
+__all__ = [
+    "SUITES",
+    "BenchRun",
+    "Suite",
+    "available_suites",
+    "collect",
+    "format_table",
+    "make_progress",
+    "plot",
+    "run_cli",
+    "to_json",
+]
 
 QUICK_SCALE = 0.01  # --quick: a hundredth of the work, one round (a smoke run, not a measurement)
 JSON_SCHEMA = 1  # bumped when a field of the JSON document changes meaning
@@ -123,30 +135,40 @@ class _PlainProgress:
 
 
 class _RichProgress:
-    """A bar over every case of the run and the current case's round, on a terminal."""
+    """A bar over every case of the run and the current case's round, on a terminal.
+
+    Redrawn only between rounds (no refresh thread): nothing of it runs while a contender is timed.
+    """
 
     def __init__(self, stream: IO[str]) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self.console = Console(file=stream)
         self.bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TextColumn("{task.fields[detail]}"), console=self.console,
-                            transient=True)
+                            transient=True, auto_refresh=False)
         self.task: Any = None
 
     def start(self, total: int) -> None:
         self.bar.start()
         self.task = self.bar.add_task("bench", total=total, detail="")
+        self.bar.refresh()
 
     def case(self, suite: str, name: str) -> None:
-        self.bar.update(self.task, description=f"{suite}: {name}", detail="warm-up")
+        self.bar.update(self.task, description=f"{suite}: {name}", detail="warm-up", refresh=True)
 
     def update(self, text: str) -> None:
-        self.bar.update(self.task, detail=text.rpartition(": ")[2])
+        self.bar.update(self.task, detail=text.rpartition(": ")[2], refresh=True)
 
     def advance(self) -> None:
-        self.bar.advance(self.task)
+        self.bar.update(self.task, advance=1, refresh=True)
 
     def note(self, text: str) -> None:
         self.console.print(f"note: {text}", markup=False, highlight=False)
@@ -362,7 +384,7 @@ def _throughput_axes(ax: Any, rows: list[Row]) -> None:
     from matplotlib.ticker import EngFormatter
 
     bandwidth = all(row.bandwidth_gbs is not None for row in rows)
-    values = [row.bandwidth_gbs if bandwidth else row.ops_per_s for row in rows]
+    values = [float(row.bandwidth_gbs or 0.0) if bandwidth else row.ops_per_s for row in rows]
     y = range(len(rows))
     ax.barh(y, values, color=[OURS_COLOUR if row.ours else PEER_COLOUR for row in rows])
     for i, (row, value) in enumerate(zip(rows, values)):
@@ -378,11 +400,11 @@ def _latency_axes(ax: Any, rows: list[Row]) -> None:
     for k, (name, attr, colour) in enumerate(PERCENTILES):
         values = [getattr(row, attr) or 0.0 for row in rows]
         ax.barh([i + (k - 1.5) * height for i in range(len(rows))], values, height, color=colour, label=name)
-    for i, row in enumerate(rows):
-        top = max(getattr(row, attr) or 0.0 for _, attr, _ in PERCENTILES)
+    tops = [max(float(getattr(row, attr) or 0.0) for _, attr, _ in PERCENTILES) for row in rows]
+    for i, (row, top) in enumerate(zip(rows, tops)):
         ax.text(top, i, " ringbus" if row.ours else f" ringbus speed-up {row.ratio:.2f}x ({row.compared})",
                 va="center", fontsize=7)
-    largest = max(getattr(row, attr) or 0.0 for row in rows for _, attr, _ in PERCENTILES)
+    largest = max(tops)
     ax.set_xscale("log")
     ax.set_xlim(right=largest * 30)  # room for the text on a log axis
     ax.set_xlabel(f"µs per {rows[0].unit} (log scale)", fontsize=8)
@@ -418,6 +440,27 @@ def plot(run: BenchRun, path: str | os.PathLike[str]) -> Path:
 
 # --- the command ---------------------------------------------------------------------------
 
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """While measuring for --json, whatever a suite or its child processes print goes to stderr, so stdout
+    holds the one JSON document only."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no file descriptor 1 (an embedding host): Python-level prints only
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    try:
+        os.dup2(2, 1)
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def run_cli(args: argparse.Namespace) -> int:
     """``ringbus bench``: 0 when every case ran, 1 when one failed (its sentence says why)."""
     if args.plot and not plot_available():
@@ -425,8 +468,9 @@ def run_cli(args: argparse.Namespace) -> int:
     rounds, scale = (1, QUICK_SCALE) if args.quick else (args.rounds, args.scale)
     suites = available_suites() if args.suite == "all" else [args.suite]
     progress = make_progress(args.progress)
-    run = collect(suites, rounds=rounds, scale=scale, seed=args.seed, progress=progress,
-                  debug=getattr(args, "debug", False))
+    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+        run = collect(suites, rounds=rounds, scale=scale, seed=args.seed, progress=progress,
+                      debug=getattr(args, "debug", False))
     saved = plot(run, args.plot) if args.plot and run.rows else None
     if args.json:
         document = to_json(run)

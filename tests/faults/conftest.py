@@ -1,4 +1,4 @@
-"""Fault-suite fixtures shared by every module in tests/faults: the long tier switch and the figure recorder."""
+"""Fault-suite hooks shared by every module in tests/faults: the long tier (marker `full`) runs only with RINGBUS_FULL=1."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-# RINGBUS_FULL=1 runs the long tier (tests marked `full`); the normal run keeps only the fast tier.
-FULL = os.environ.get("RINGBUS_FULL") == "1"
+from .tiers import FULL
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -26,19 +26,28 @@ cache: it survives a kill -9 of the process, not a power loss. The two fsync
 policies behave alike here: how often the broker commits (after each command,
 or once per batch) is what tells them apart.
 
-A failed write or fsync puts the log in a failed state for good: the kernel
-may already have dropped the dirty pages it could not write, so a retried
-fsync could succeed without the data (PostgreSQL's "fsyncgate"). Reopen the
-directory to recover from what is really on disk.
+A failed write, fsync or segment creation puts the log in a failed state for
+good (``failed``): the kernel may already have dropped the dirty pages it
+could not write, so a retried fsync could succeed without the data
+(PostgreSQL's "fsyncgate"). Every later append and commit raises a
+RingbusError naming the error (``ENOSPC``: the disk is full); reading goes on.
+Reopen the directory to recover from what is really on disk. The log never
+renames a file: a segment is created in place (``O_EXCL``), written only at its
+end, and deleted whole.
 
 Recovery
 --------
-Opening the directory checks the last segment: a torn or corrupt record there
-(short header, length past the end of the file, CRC mismatch) ends the log,
-and the file is truncated before it, so appends follow the last good record.
-Damage in an older segment is skipped by ``replay`` up to that segment's end.
-Both are logged with the file and byte offset on ``ringbus.broker.log`` and
-counted in ``stats()``; neither raises.
+A record is good when it is whole and its CRC holds. A bad record (short
+header, length past the end of the file, CRC mismatch) whose own length field
+leads to a good record is skipped alone - a flipped bit in its CRC, kind or
+payload, or a torn write the disk kept a later write after - and reading goes
+on: the file is left as it is, and the record is reported again at each open.
+Any other damage ends the segment's readable part: in the last segment it is
+a torn tail, and opening the directory truncates the file before it, so
+appends follow the last good record; in an older segment ``replay`` skips the
+rest of that segment. A hit length field ends the segment too: the format
+cannot tell it from a torn tail. Every case is logged with the file and byte
+offset on ``ringbus.broker.log`` and counted in ``stats()``; none raises.
 """
 
 from __future__ import annotations
@@ -138,31 +147,60 @@ class Storage:
 
 _fdatasync = getattr(os, "fdatasync", os.fsync)
 
+_DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 
-def _walk(mapped: mmap.mmap, view: memoryview, size: int, outcome: list[Any]) -> Iterator[tuple[int, int, int]]:
+
+def _describe(exc: OSError) -> str:
+    """"ENOSPC: No space left on device - the disk is full": the error's name, its text, and what it means."""
+    name = errno.errorcode.get(exc.errno or 0, "OSError")
+    text = f"{name}: {exc.strerror or exc}"
+    if exc.errno in _DISK_FULL:
+        return f"{text} - the disk is full"
+    if exc.errno == errno.EIO:
+        return f"{text} - the disk or its file system reported an I/O error"
+    return text
+
+
+def _good(mapped: mmap.mmap, view: memoryview, off: int, size: int) -> bool:
+    """Whether a whole record starts at off and its CRC holds."""
+    if size - off < _REC_LEN:
+        return False
+    n, crc, _ = _UNPACK_FROM(mapped, off)
+    end = off + _REC_LEN + n
+    return end <= size and crc32c(view[off + 8:end]) == crc
+
+
+def _walk(mapped: mmap.mmap, view: memoryview, size: int, outcome: list[Any],
+          skipped: list[tuple[int, int, str]]) -> Iterator[tuple[int, int, int]]:
     """Yields (offset, kind, end) of each good record after the file header.
 
-    Stops at the first damaged one; outcome becomes [offset where the good
-    records end, reason or None].
+    A damaged record whose own length field leads to a good record (a flipped
+    bit in its CRC, kind or payload; a torn write followed by a later write the
+    disk kept) is skipped alone: (offset, bytes, reason) goes to ``skipped``
+    and the walk goes on. Any other damage ends the walk - a torn tail, or a
+    hit length field, which the format cannot tell from one - and outcome
+    becomes [offset where the good records end, reason or None].
     """
     off = _HEADER_LEN
     reason = None
     while off < size:
-        if size - off < _REC_LEN:
-            reason = "short record header"
+        if size - off >= _REC_LEN:
+            n, crc, kind = _UNPACK_FROM(mapped, off)
+            end = off + _REC_LEN + n
+            # A length over max_record is not damage by itself: a good record
+            # written under a larger limit passes the two checks below, and
+            # garbage fails them (the mapping bounds the CRC's work by the file's size).
+            if end <= size and crc32c(view[off + 8:end]) == crc:
+                yield off, kind, end
+                off = end
+                continue
+            reason = "CRC mismatch" if end <= size else f"record length {n} runs past the end of the file"
+        else:
+            reason, end = "short record header", size
+        if end >= size or not _good(mapped, view, end, size):
             break
-        n, crc, kind = _UNPACK_FROM(mapped, off)
-        end = off + _REC_LEN + n
-        # A length over max_record is not damage by itself: a good record
-        # written under a larger limit passes the two checks below, and garbage
-        # fails them (the mapping bounds the CRC's work by the file's size).
-        if end > size:
-            reason = f"record length {n} runs past the end of the file"
-            break
-        if crc32c(view[off + 8:end]) != crc:
-            reason = "CRC mismatch"
-            break
-        yield off, kind, end
+        skipped.append((off, end - off, reason))
+        reason = None
         off = end
     outcome[:] = [off, reason]
 
@@ -230,9 +268,10 @@ class SegmentedLog:
         self._dirty = False  # the active fd was written since its last fsync
         self._dir_dirty = False  # a segment file was created since the last directory fsync
         self._failure: OSError | None = None
+        self._failed_at = "an earlier write or fsync"
         self._closed = False
         self._refused = False  # failed or closed: append() tests this one flag
-        self._reported: set[str] = set()  # damaged segments already logged and counted
+        self._reported: set[tuple[str, int]] = set()  # damage already logged and counted: (file, offset)
         self._counts = dict.fromkeys(
             ("commits", "fsyncs", "torn_records_cut", "corrupt_records", "bytes_dropped"), 0)
         self._lock_fd = self._take_lock()
@@ -310,9 +349,11 @@ class SegmentedLog:
             return None
         try:
             outcome: list[Any] = []
+            skipped: list[tuple[int, int, str]] = []
             with memoryview(mapped) as view:
-                for _ in _walk(mapped, view, seg.size, outcome):
+                for _ in _walk(mapped, view, seg.size, outcome, skipped):
                     pass
+            self._skipped(seg.path, skipped)
             return outcome[0], outcome[1]
         finally:
             mapped.close()
@@ -339,14 +380,18 @@ class SegmentedLog:
         self._counts["torn_records_cut"] += 1
         self._counts["bytes_dropped"] += dropped
 
-    def _corrupt(self, path: str, offset: int, reason: str, dropped: int) -> None:
-        if path in self._reported:
+    def _corrupt(self, path: str, offset: int, reason: str, dropped: int, *, alone: bool = False) -> None:
+        if (path, offset) in self._reported:
             return
-        self._reported.add(path)
-        _log.warning("%s: %s at byte offset %d: skipping the rest of this segment (%d bytes)",
-                     path, reason, offset, dropped)
+        self._reported.add((path, offset))
+        what = "skipping this record; the one after it is good" if alone else "skipping the rest of this segment"
+        _log.warning("%s: %s at byte offset %d: %s (%d bytes)", path, reason, offset, what, dropped)
         self._counts["corrupt_records"] += 1
         self._counts["bytes_dropped"] += dropped
+
+    def _skipped(self, path: str, skipped: list[tuple[int, int, str]]) -> None:
+        for offset, length, reason in skipped:
+            self._corrupt(path, offset, reason, length, alone=True)
 
     def _create_segment(self, base: int) -> None:
         """Make base the active segment; the caller has flushed and let go of the old one."""
@@ -502,15 +547,29 @@ class SegmentedLog:
         self._failure = exc
         self._refused = True
         self._buf = bytearray()  # not clear(): the failed write's traceback may still hold a view of it
-        return self._refusal(what)
+        refusal = self._refusal(what)
+        _log.error("%s", refusal)
+        return refusal
 
     def _refusal(self, what: str | None = None) -> RingbusError:
         if self._closed:
             return Closed(f"the log in {self._dir!r} is closed")
         exc = self._failure
-        first = f"{what} failed" if what else "an earlier write or fsync failed"
-        return RingbusError(f"the log in {self._dir!r} refuses appends and commits: {first} ({exc}); "
-                            "what it confirmed is safe; reopen it to recover")
+        assert exc is not None
+        if what is not None:
+            self._failed_at = what
+        return RingbusError(f"the log in {self._dir!r} refuses appends and commits: {self._failed_at} failed "
+                            f"({_describe(exc)}); what it confirmed is safe; reopen it to recover")
+
+    @property
+    def failed(self) -> bool:
+        """True once a write, fsync or segment creation failed: appends and commits raise from then on."""
+        return self._failure is not None
+
+    def check_writable(self) -> None:
+        """Raise the RingbusError ``append`` would (failed or closed); return if it would take a record."""
+        if self._refused:
+            raise self._refusal()
 
     @property
     def pending(self) -> int:
@@ -548,9 +607,11 @@ class SegmentedLog:
         try:
             base = seg.base_lsn
             outcome: list[Any] = []
+            skipped: list[tuple[int, int, str]] = []
             with memoryview(mapped) as view:
-                for off, kind, end in _walk(mapped, view, size, outcome):
+                for off, kind, end in _walk(mapped, view, size, outcome, skipped):
                     yield base + off, kind, mapped[off + _REC_LEN:end]
+            self._skipped(seg.path, skipped)
             stop, reason = outcome
             if reason is not None:
                 self._corrupt(seg.path, stop, reason, seg.size - stop)
@@ -599,8 +660,9 @@ class SegmentedLog:
         Keys: ``segments``, ``bytes`` (on disk), ``pending``, ``records_appended``,
         ``commits``, ``fsyncs`` (files and directory), ``torn_records_cut``
         (damaged tails cut off the last segment when opening),
-        ``corrupt_records`` (damage found in older segments or their
-        headers, skipped), ``bytes_dropped`` (by both) and ``failed``.
+        ``corrupt_records`` (damaged records skipped alone, damage that ends
+        an older segment, bad file headers), ``bytes_dropped`` (by both),
+        ``failed`` and ``failure`` (what failed and why, or "").
         """
         segments = self.segments()
         return {
@@ -610,6 +672,7 @@ class SegmentedLog:
             "records_appended": self._appended,
             **self._counts,
             "failed": self._failure is not None,
+            "failure": "" if self._failure is None else f"{self._failed_at} failed ({_describe(self._failure)})",
         }
 
     def close(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import zmq
 
-from ringbus.broker.log import SegmentedLog
+from ringbus.broker.log import SegmentedLog, Storage
 from ringbus.broker.majordomo import Majordomo
 from ringbus.broker.metrics import MetricsServer, SnapshotExchange, broker_snapshot
 from ringbus.broker.protocol import (
@@ -63,6 +63,11 @@ STUCK_RETRY = 0.01  # seconds between tries of waiting replies
 TAG_BITS = 40
 
 _MDP_HEADERS = (b"MDPC01", b"MDPW01")
+# Commands that write to the log: refused, with the log's error, once a write or fsync of it failed.
+_WRITES = frozenset((Command.SEND, Command.SEND_MANY, Command.PUBLISH, Command.DECLARE, Command.GROUP))
+# _reply(confirm=_SETTLE): waits for the fsync like a confirm, but a settle is applied in memory whatever the
+# disk does, so a failed log does not turn its reply into an error (the message may come again after a restart).
+_SETTLE = 2
 
 
 def default_data_dir() -> Path:
@@ -153,6 +158,8 @@ class Broker:
     peer_hwm : int
         Messages queued towards one client before more are refused: an ephemeral subscriber that falls this
         far behind loses what follows (counted in its ``dropped``), so a slow subscriber costs bounded memory.
+    storage : Storage, optional
+        The log's file operations (tests pass one that injects disk faults).
     metrics : bool
         Keep latency histograms per queue (``latency_ms`` in STATS; docs/observability.md). On by default.
     metrics_port, metrics_host : int or None, str
@@ -164,8 +171,9 @@ class Broker:
                  fsync: str = "batch", heartbeat: float = 1.0, liveness: int = 3,
                  segment_bytes: int = 64 * 1024 * 1024, max_message: int = 64 * 1024 * 1024,
                  retention_seconds: float = 24 * 3600.0, retention_bytes: int = 64 * 1024 * 1024,
-                 peer_hwm: int = 100_000, context: zmq.Context[Any] | None = None, metrics: bool = True,
-                 metrics_port: int | None = None, metrics_host: str = "127.0.0.1") -> None:
+                 peer_hwm: int = 100_000, context: zmq.Context[Any] | None = None,
+                 storage: Storage | None = None, metrics: bool = True, metrics_port: int | None = None,
+                 metrics_host: str = "127.0.0.1") -> None:
         if fsync not in ("always", "batch", "never"):
             raise ValueError(f"fsync must be 'always', 'batch' or 'never', got {fsync!r}")
         check_seconds("heartbeat", heartbeat, allow_zero=False)
@@ -180,6 +188,7 @@ class Broker:
             raise ValueError(f"peer_hwm must be an int >= 1, got {peer_hwm!r}")
         self._peer_hwm = peer_hwm
         self._max_message = max_message
+        self._storage = storage
         if metrics_port is not None and (isinstance(metrics_port, bool) or not isinstance(metrics_port, int)
                                          or not 0 <= metrics_port <= 65535):
             raise ValueError(f"metrics_port must be a TCP port from 0 to 65535 or None, got {metrics_port!r}")
@@ -245,7 +254,7 @@ class Broker:
     def serve_forever(self) -> None:
         """Recover the log, bind, and serve until :meth:`stop` (or SIGINT in the foreground)."""
         self._log = SegmentedLog(self.data, fsync=self.fsync, segment_bytes=self._segment_bytes,
-                                 max_record=self._max_message + 64 * 1024)
+                                 max_record=self._max_message + 64 * 1024, storage=self._storage)
         try:
             self._setup()
             self._ready.set()
@@ -352,6 +361,8 @@ class Broker:
         # Replies that promise nothing about the disk (deliveries, stats, errors) go out before the fsync;
         # confirms after it. Only a turn with a confirm pays for an fsync: a settle or delivery record lost
         # with the machine means a redelivery or an attempt uncounted, never a loss.
+        # A failed log refuses the commit below at once: confirms become errors, everything else goes out.
+        failed_before = self._log.failed
         confirms = [(frames, confirm) for frames, confirm in outbox if confirm]
         try:
             self._store.flush()
@@ -366,14 +377,15 @@ class Broker:
                 self._log.commit()
         except RingbusError as exc:
             # Nothing written since the last good commit may be confirmed: every pending confirm becomes an error.
-            log.error("log commit failed; refusing sends from now on: %s", exc)
+            if not failed_before:
+                log.error("log commit failed; refusing sends from now on: %s", exc)
             failed = error_payload(exc)
-            outbox = [(frames[:2] + [ERR, frames[3], failed], False) if confirm else (frames, confirm)
+            outbox = [(frames[:2] + [ERR, frames[3], failed], False) if confirm is True else (frames, confirm)
                       for frames, confirm in outbox]
         else:
             self._store.after_commit()
         for frames, confirm in outbox:
-            self.counters["confirms"] += confirm
+            self.counters["confirms"] += bool(confirm)
             self._send(frames)
 
     def _send(self, frames: list[Any], *, reply: bool = True) -> bool:
@@ -421,6 +433,8 @@ class Broker:
                 self._reply_error(identity, rid, ProtocolError(f"unknown command {command[:32]!r}"))
                 return
             try:
+                if command in _WRITES:
+                    self._log.check_writable()  # a failed log: the error names the disk's problem
                 args = unpack(frames[4])
                 handler(identity, rid, args, frames[5:])
             except (RingbusError, ValueError, TypeError, KeyError, IndexError) as exc:
@@ -436,7 +450,7 @@ class Broker:
             self.counters["malformed"] += 1
 
     def _reply(self, identity: bytes, rid: bytes, payload: dict[str, Any], *frames: Any,
-               confirm: bool = False) -> None:
+               confirm: bool | int = False) -> None:
         if not rid:
             return
         # Every reply waits for the turn's commit; a confirm (the record it answers is in the log) must.
@@ -466,7 +480,9 @@ class Broker:
 
     def _hello(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         self._session(args["session"])
-        self._reply(identity, rid, {"version": 1, "heartbeat": self.heartbeat, "liveness": self.liveness})
+        # "run" changes with each start: a client that reconnects learns whether this broker knows its consumers.
+        self._reply(identity, rid, {"version": 1, "heartbeat": self.heartbeat, "liveness": self.liveness,
+                                    "run": self._tag_run >> TAG_BITS})
 
     def _heartbeat(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         self._session(args["session"])
@@ -625,7 +641,7 @@ class Broker:
             except RingbusError:
                 stale += 1
         self.counters["stale_settles"] += stale
-        self._reply(identity, rid, {"stale": stale}, confirm=True)
+        self._reply(identity, rid, {"stale": stale}, confirm=_SETTLE)
 
     def _release(self, identity: bytes, rid: bytes, args: dict[str, Any], frames: list[Any]) -> None:
         self._settle_each(identity, rid, args, self.queues.unfetch)

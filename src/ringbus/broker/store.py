@@ -79,8 +79,17 @@ class Store:
         now = time.time()
         ready = now + (entry.ready_at - now_mono) if entry.ready_at > now_mono else None
         expires = now + (entry.expires_at - now_mono) if entry.expires_at is not None else None
-        lsn = self.log.append(ENQUEUE, _encode((queue.name, entry.seq, ready, expires, entry.dedup_id,
-                                                entry.deliveries, header, body)))
+        try:
+            lsn = self.log.append(ENQUEUE, _encode((queue.name, entry.seq, ready, expires, entry.dedup_id,
+                                                    entry.deliveries, header, body)))
+        except RingbusError:
+            if not self.log.failed:
+                raise
+            # The broker refuses sends once its log failed and turns the confirms of the turn that failed
+            # into errors; what still gets here is a dead letter moving from a queue whose REMOVE cannot be
+            # written either: held in memory, it comes back on its first queue after a restart.
+            self.unlogged += 1
+            return
         entry.lsn = lsn
         heapq.heappush(self._live, lsn)
 
@@ -141,17 +150,25 @@ class Store:
 
     # -- after each commit -----------------------------------------------------------------------------------
     def after_commit(self) -> None:
-        """Re-declare queues at the head of a new segment and delete segments nothing live needs."""
+        """Re-declare queues at the head of a new segment and delete segments nothing live needs.
+
+        Never raises for the disk: a failed commit leaves the log failed (the broker then refuses writes), a
+        segment that cannot be deleted is tried again after the next roll.
+        """
         segments = self.log.segments()
         active = segments[-1].base_lsn if segments else 0
-        if active != self._active_segment:
-            self._active_segment = active
+        if active == self._active_segment or self.log.failed:
+            return
+        self._active_segment = active
+        try:
             for name, (options, binding) in self._declared.items():
                 self.log.append(DECLARE, _encode((name, options, binding)))
             if len(segments) > 1:
                 # The DECLAREs must be on disk before the segments that held the old ones go.
                 self.log.commit()
                 self.compact()
+        except RingbusError as exc:
+            log.error("after the log started a new segment: %s", exc)
 
     def compact(self) -> int:
         """Delete the segments below the oldest live record; return how many went."""

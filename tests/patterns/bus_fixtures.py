@@ -27,11 +27,19 @@ def thread_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield broker.endpoint
 
 
-@pytest.fixture(params=["memory", "broker"])
+# Engines beyond one machine, on the servers at loopback (see tests/contract/conftest.py, whose factories start
+# and clean them up): the patterns run on them unchanged. A pattern needing a feature one of them lacks gets
+# ringbus.Unsupported, which tests/patterns/conftest.py reports as a skip naming the feature.
+REMOTE_BACKENDS = ("redis", "amqp", "nats")  # started by tests/patterns/conftest.py's remote_backend
+
+
+@pytest.fixture(params=["memory", "broker", *REMOTE_BACKENDS])
 def url(request: pytest.FixtureRequest) -> str:
-    """A fresh memory:// name, or the module's broker."""
+    """A fresh memory:// name, the module's broker, or a namespace on Redis, RabbitMQ or NATS."""
     if request.param == "memory":
         return f"memory://patterns-{uuid.uuid4().hex}"
+    if request.param in REMOTE_BACKENDS:
+        return str(request.getfixturevalue("remote_backend")(request.param))
     return str(request.getfixturevalue("thread_broker"))
 
 

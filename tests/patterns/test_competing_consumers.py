@@ -85,16 +85,18 @@ class Calls:
 # --- exactly once, when nothing fails ----------------------------------------------------------------------
 
 def test_four_threads_ack_each_message_exactly_once(url: str, queue: str) -> None:
-    ids = fill(url, queue, N)
+    # Redis, RabbitMQ and NATS cost a round trip per settle: a fifth of the messages keeps the test short
+    n = N if url.startswith(("memory", "tcp", "ipc")) else N // 5
+    ids = fill(url, queue, n)
     calls = Calls()
     with WorkerPool(url, queue, calls, workers=4) as pool:
-        wait_until(lambda: pool.stats().processed >= N, f"{N} processed")
+        wait_until(lambda: pool.stats().processed >= n, f"{n} processed")
     stats = pool.stats()
-    assert len(calls.ids) == N  # the handler ran N times ...
+    assert len(calls.ids) == n  # the handler ran n times ...
     assert set(calls.ids) == set(ids)  # ... once for each message sent
-    assert (stats.processed, stats.failed, stats.retried, stats.dead_lettered, stats.in_flight) == (N, 0, 0, 0, 0)
+    assert (stats.processed, stats.failed, stats.retried, stats.dead_lettered, stats.in_flight) == (n, 0, 0, 0, 0)
     q = queue_stats(url, queue)
-    assert (q.acked, q.redelivered, q.depth, q.in_flight) == (N, 0, 0, 0)
+    assert (q.acked, q.redelivered, q.depth, q.in_flight) == (n, 0, 0, 0)
 
 
 @pytest.mark.integration
@@ -325,7 +327,10 @@ def test_stop_finishes_in_flight_and_gives_back_the_rest(url: str, queue: str) -
     assert (q.acked, q.in_flight) == (1, 0)  # ... and acked
     rest = drain(url, queue)
     assert sorted(m.id for m in rest) == sorted(ids[1:])  # the other 49 wait in the queue ...
-    assert all(m.attempts == 0 for m in rest)  # ... the prefetched ones given back without an attempt
+    # ... the prefetched ones given back without an attempt. RabbitMQ: a delivery that arrives while the consumer
+    # is being cancelled is requeued by RabbitMQ itself, one attempt more (docs/backends.md); at most one here
+    attempted = sum(m.attempts != 0 for m in rest)
+    assert attempted <= (1 if url.startswith("amqp") else 0) and all(m.attempts <= 1 for m in rest)
 
 
 @pytest.mark.integration

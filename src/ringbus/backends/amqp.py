@@ -83,15 +83,15 @@ CATALOG_WAIT = 10.0
 DEAD_REASON = "ringbus-dead-reason"
 DEAD_FROM = "ringbus-dead-from"
 
-_H_KEY = "ringbus-key"
-_H_PRIORITY = "ringbus-priority"
-_H_ATTEMPTS = "ringbus-attempts"
-_H_TS = "ringbus-ts"
-_H_META = "ringbus-meta"
-_H_EXPIRES = "ringbus-expires"
-_H_CALL = "ringbus-call"
-_H_ERROR = "ringbus-error"
-_H_FLOATS = "ringbus-floats"  # pika cannot put a float in a field table: float headers travel here, as JSON
+_H_KEY = "ringbus-amqp-key"
+_H_PRIORITY = "ringbus-amqp-priority"
+_H_ATTEMPTS = "ringbus-amqp-attempts"
+_H_TS = "ringbus-amqp-ts"
+_H_META = "ringbus-amqp-meta"
+_H_EXPIRES = "ringbus-amqp-expires"
+_H_CALL = "ringbus-amqp-call"
+_H_ERROR = "ringbus-amqp-error"
+_H_FLOATS = "ringbus-amqp-floats"  # pika cannot put a float in a field table: float headers travel here, as JSON
 _INTERNAL = (_H_KEY, _H_PRIORITY, _H_ATTEMPTS, _H_TS, _H_META, _H_EXPIRES, _H_CALL, _H_ERROR, _H_FLOATS)
 _RABBIT = ("x-death", "x-first-death-reason", "x-first-death-queue", "x-first-death-exchange")
 _DEATH_REASONS = {"expired": "expired", "maxlen": "overflow", "rejected": "rejected", "delivery_limit": "max_attempts"}
@@ -421,7 +421,7 @@ class AmqpBus(Bus):
         self._new_leases: deque[tuple[float, _Delivery]] = deque()
         self._seq = itertools.count()
         self._open: set[_Delivery] = set()
-        self._inboxes: set[_Inbox] = set()
+        self._inboxes: dict[_Inbox, str | None] = {}  # consumers' inboxes -> their ringbus queue (None: service)
         self._calls: dict[str, _Call] = {}
         self._reply_consumer: str | None = None
         self._declared: set[str] = set()
@@ -728,20 +728,39 @@ class AmqpBus(Bus):
 
         return channel.basic_consume(queue, deliver, auto_ack=auto_ack)  # type: ignore[no-any-return]
 
-    def _cancel(self, tag: str, inbox: _Inbox | None) -> None:
+    def _cancel(self, tag: str, inbox: _Inbox | None, queue: str | None = None) -> None:
         channel = self._io.ch
         if channel.is_open:
+            if inbox is not None:
+                # deliveries pika holds but has not dispatched: into the inbox, or basic_cancel nacks them
+                # (RabbitMQ would count an attempt)
+                self._io.conn.process_data_events(time_limit=0)
             channel.basic_cancel(tag)
             if inbox is not None:
-                for method, _, _ in inbox.drain():  # delivered here, never handed out: back to the queue
-                    channel.basic_nack(method.delivery_tag, requeue=True)
+                for method, properties, body in inbox.drain():  # delivered here, never handed out: back it goes
+                    self._give_back(channel, method, properties, body, queue)
 
-    def _stop_consuming(self, tag: str, inbox: _Inbox) -> None:
-        """End a consumer of this Bus (from the owner thread); what it delivered but nobody took goes back."""
-        self._inboxes.discard(inbox)
+    def _give_back(self, channel: Any, method: Any, properties: Any, body: bytes, queue: str | None) -> None:
+        """Put back a prefetched delivery nobody took, without counting an attempt: RabbitMQ's own requeue would
+        set ``redelivered`` (one attempt more), so a queue's copy is republished as it came, then acked."""
+        if queue is not None:
+            message, expires, _ = self._decode(properties, body, method.redelivered)
+            try:
+                self._publish(self._q(queue), self._properties(message, message.attempts, expires), body, queue)
+            except (NotFound, Full):
+                pass  # cannot republish: RabbitMQ's requeue below keeps it (one attempt more)
+            else:
+                channel.basic_ack(method.delivery_tag)
+                return
+        channel.basic_nack(method.delivery_tag, requeue=True)
+
+    def _stop_consuming(self, tag: str, inbox: _Inbox, queue: str | None = None) -> None:
+        """End a consumer of this Bus (from the owner thread); what it delivered but nobody took goes back (to
+        ``queue`` without an attempt, when it is a queue consumer)."""
+        self._inboxes.pop(inbox, None)
         if not self._closed:
             try:
-                self._io.call(self._cancel, tag, inbox)
+                self._io.call(self._cancel, tag, inbox, queue)
             except (PeerGone, Closed):
                 pass
 
@@ -860,7 +879,7 @@ class AmqpBus(Bus):
         if deadline is not None and deadline <= time.monotonic():
             return None
         inbox = _Inbox()
-        self._inboxes.add(inbox)
+        self._inboxes[inbox] = queue
         tag = self._io.call(self._consume_start, self._q(queue), 1, inbox)
         try:
             while True:
@@ -871,7 +890,7 @@ class AmqpBus(Bus):
                 if message is not None:
                     return message
         finally:
-            self._stop_consuming(tag, inbox)
+            self._stop_consuming(tag, inbox, queue)
 
     def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
         self._check_open()
@@ -883,7 +902,7 @@ class AmqpBus(Bus):
     def _consume(self, queue: str, record: dict[str, Any], prefetch: int,
                  timeout: float | None) -> Iterator[Message]:
         inbox = _Inbox()
-        self._inboxes.add(inbox)
+        self._inboxes[inbox] = queue
         tag = self._io.call(self._consume_start, self._q(queue), prefetch, inbox)
         try:
             while not self._closed:
@@ -896,7 +915,7 @@ class AmqpBus(Bus):
         except Closed:
             return
         finally:
-            self._stop_consuming(tag, inbox)
+            self._stop_consuming(tag, inbox, queue)
 
     def _stats(self, queue: str) -> tuple[int, int, int]:
         self._options_of(queue)
@@ -1078,7 +1097,7 @@ class AmqpBus(Bus):
         self._check_open()
         check_name("service", service)
         inbox = _Inbox()
-        self._inboxes.add(inbox)
+        self._inboxes[inbox] = None
 
         def start() -> str:
             return self._consume_start(self._service_queue(service), 1, inbox)
@@ -1123,8 +1142,24 @@ class AmqpBus(Bus):
             counts = self._counts(delivery.queue)
             with _counts_lock:
                 counts.in_flight -= 1
-        for inbox in list(self._inboxes):
+        inboxes = list(self._inboxes.items())
+        for inbox, _ in inboxes:
             inbox.close()
+
+        def give_back() -> None:  # prefetched, never handed out: back without an attempt
+            channel = self._io.ch
+            self._io.conn.process_data_events(time_limit=0)  # what pika holds undispatched, into the inboxes
+            for tag in list(channel.consumer_tags):  # first, or the acks below make room for new deliveries
+                channel.basic_cancel(tag)
+            for inbox, queue in inboxes:
+                for method, properties, body in inbox.drain():
+                    self._give_back(channel, method, properties, body, queue)
+
+        if self._io.ch.is_open:
+            try:
+                self._io.call(give_back)
+            except (PeerGone, Closed):
+                pass  # the connection is gone: RabbitMQ requeues them itself
         for subscription in self._subscriptions:
             subscription.close()
         self._io.stop()

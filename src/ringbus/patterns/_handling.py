@@ -6,7 +6,7 @@ import logging
 from typing import Any, Callable
 
 from ringbus.bus import Bus
-from ringbus.errors import Closed, RingbusError
+from ringbus.errors import Closed, RingbusError, Unsupported
 from ringbus.message import Message
 from ringbus.patterns._retry import RetryPolicy
 
@@ -126,7 +126,11 @@ class Dispatcher:
                        timestamp=message.timestamp, attempts=failures, reply_to=message.reply_to,
                        correlation_id=message.correlation_id, content_type=message.content_type, meta=message.meta)
         try:
-            bus.send(self.dead_letter, copy, dedup_id=f"dead-letter:{message.id}")
+            try:
+                # dedup: a crash between this send and the ack below must not dead-letter it twice
+                bus.send(self.dead_letter, copy, dedup_id=f"dead-letter:{message.id}")
+            except Unsupported:  # an engine without dedup windows (RabbitMQ): at-least-once, as its docs say
+                bus.send(self.dead_letter, copy)
         except (RingbusError, ValueError, TypeError) as send_error:
             # Not lost: back to the queue, whose own max_attempts dead-letters it (without our error header).
             self.log.error("cannot send message %s to dead-letter queue %r (%s); nacking it instead", message.id,

@@ -170,12 +170,13 @@ def test_suites_plug_in_with_cases_or_results(tmp_path: Path) -> None:
         check_png(report.plot(run, tmp_path / "plugins.png"))
 
 
-def test_a_module_without_cases_or_results_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_module_without_cases_or_results_is_a_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "rbplugin_empty.py").write_text("X = 1\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr(report, "SUITES", {"empty": report.Suite("empty", ("rbplugin_empty",), "nothing")})
-    with pytest.raises(TypeError, match="rbplugin_empty .* neither cases"):
-        report.collect(["empty"])
+    run = report.collect(["empty"])
+    assert run.rows == [] and len(run.failures) == 1
+    assert "setting up rbplugin_empty failed: TypeError: rbplugin_empty is listed" in run.failures[0]
     with pytest.raises(ValueError, match="unknown bench suite"):
         report.collect(["nonesuch"])
 

@@ -186,6 +186,7 @@ def test_config_file_locations(tmp_path: Path) -> None:
     ("[stats]\nno_such_option = 1\n", "no_such_option"),
     ("[borker]\ndata = 'x'\n", "[borker]"),
     ("port = 5\n", "'port'"),
+    ("[pipe]\nbatch = 5\n", "[pipe]"),
     ("[stats\n", "ringbus.toml"),
 ])
 def test_a_bad_config_file_is_one_line_and_exit_2(tmp_path: Path, text: str, named: str) -> None:

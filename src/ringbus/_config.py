@@ -255,6 +255,8 @@ def _check_file(config: Mapping[str, Any], path: Path, commands: Mapping[str, ar
         if isinstance(value, dict):
             if key not in commands:
                 raise UsageError(f"{path}: unknown section [{key}] (sections are commands: {', '.join(commands)})")
+            if _passthrough(commands[key]) and key not in PASSTHROUGH_PARSERS:
+                raise UsageError(f"{path}: [{key}]: `ringbus {key}` takes its settings from flags only")
         elif key not in TOP_LEVEL_KEYS:
             raise UsageError(f"{path}: unknown top-level setting {key!r} (only {', '.join(TOP_LEVEL_KEYS)}; "
                              "put a command's settings in its [section])")

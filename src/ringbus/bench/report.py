@@ -229,31 +229,48 @@ def _case_job(case: Case, run: BenchRun, progress: Callable[[str], None]) -> lis
     return run_case(case, run.rounds, progress)
 
 
-def _work(run: BenchRun, modules: Sequence[tuple[str, Any]]) -> Iterator[tuple[str, str, Callable[..., list[Row]]]]:
-    """(suite, label, job) for every case; a job takes the progress callback and returns the case's rows."""
-    for suite, module in modules:
-        if hasattr(module, "results"):
-            yield suite, module.__name__.rpartition(".")[2], functools.partial(_module_job, module, run)
-        elif hasattr(module, "cases"):
-            for case in module.cases(scale=run.scale, seed=run.seed):
-                yield suite, case.name, functools.partial(_case_job, case, run)
-        else:
-            raise TypeError(f"{module.__name__} is listed in ringbus.bench.report.SUITES but has neither "
-                            "cases() nor results()")
+Job = tuple[str, str, Callable[[Callable[[str], None]], list[Row]]]  # (suite, case label, run it with progress)
+
+
+def _jobs(run: BenchRun, suite: str, module: Any) -> list[Job]:
+    """One job per case of a suite module; a job takes the progress callback and returns the case's rows."""
+    if hasattr(module, "results"):
+        return [(suite, module.__name__.rpartition(".")[2], functools.partial(_module_job, module, run))]
+    if hasattr(module, "cases"):
+        return [(suite, case.name, functools.partial(_case_job, case, run))
+                for case in module.cases(scale=run.scale, seed=run.seed)]
+    raise TypeError(f"{module.__name__} is listed in ringbus.bench.report.SUITES but has neither cases() nor "
+                    "results() (benchmarks/README.md, 'Adding a suite')")
+
+
+def _fail(run: BenchRun, what: str, exc: Exception, progress: Progress, debug: bool) -> None:
+    if debug:
+        traceback.print_exc()
+    _add(run.failures, [f"{what} failed: {type(exc).__name__}: {exc}"], progress)
 
 
 def collect(suites: Sequence[str], *, rounds: int = 5, scale: float = 1.0, seed: int = 12345,
             progress: Progress | None = None, debug: bool = False) -> BenchRun:
-    """Run the named suites' comparisons; a case that raises becomes a failure sentence, the rest go on."""
+    """Run the named suites' comparisons. A suite module that cannot be set up, or a case that raises,
+    becomes a failure sentence; the rest go on."""
     unknown = [name for name in suites if name not in SUITES]
     if unknown:
         raise ValueError(f"unknown bench suite(s) {', '.join(unknown)}: choose from {', '.join(SUITES)}")
     progress = progress or _NoProgress()
     run = BenchRun(list(suites), rounds, scale, seed)
     t0 = time.perf_counter()
-    modules = [(name, importlib.import_module(module)) for name in suites for module in SUITES[name].modules]
-    _add(run.skipped, (s for _, module in modules for s in _missing(module)), progress)
-    work = list(_work(run, modules))
+    modules: list[Any] = []
+    work: list[Job] = []
+    for suite in suites:
+        for name in SUITES[suite].modules:
+            try:
+                module = importlib.import_module(name)
+                _add(run.skipped, _missing(module), progress)
+                work += _jobs(run, suite, module)
+            except Exception as exc:  # noqa: BLE001 - one half-finished suite must not stop `bench all`
+                _fail(run, f"{suite}: setting up {name}", exc, progress, debug)
+                continue
+            modules.append(module)
     progress.start(len(work))
     try:
         for suite, label, job in work:
@@ -261,9 +278,7 @@ def collect(suites: Sequence[str], *, rounds: int = 5, scale: float = 1.0, seed:
             try:
                 rows = job(progress.update)
             except Exception as exc:  # noqa: BLE001 - one broken case (a server gone mid-run) must not lose the rest
-                if debug:
-                    traceback.print_exc()
-                _add(run.failures, [f"{suite}: {label} failed: {type(exc).__name__}: {exc}"], progress)
+                _fail(run, f"{suite}: {label}", exc, progress, debug)
                 rows = []
             for row in rows:
                 row.suite = row.suite or suite
@@ -271,7 +286,7 @@ def collect(suites: Sequence[str], *, rounds: int = 5, scale: float = 1.0, seed:
             progress.advance()
     finally:
         progress.close()
-    _add(run.notes, (s for _, module in modules for s in _missing(module) if s not in run.skipped))
+    _add(run.notes, (s for module in modules for s in _missing(module) if s not in run.skipped))
     run.seconds = time.perf_counter() - t0
     return run
 

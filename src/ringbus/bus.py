@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Literal, Mapping
 from urllib.parse import urlsplit
 
-from ringbus.errors import Closed, Unsupported
+from ringbus.errors import Closed
 from ringbus.message import HeaderValue, Message
 
 if TYPE_CHECKING:
@@ -398,7 +398,7 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
     ``amqp://user:pass@host:port/vhost?prefix=name.`` (or ``amqps://``): RabbitMQ (docs/backends.md).
     ``mqtt://host:port?prefix=name/``: publish/subscribe on an MQTT 5 broker; queues raise Unsupported
     (docs/backends.md).
-    ``nats://``: not in this release; it raises Unsupported.
+    ``nats://host:port?prefix=name.``: NATS with JetStream (docs/backends.md).
     """
     if not isinstance(url, str):
         raise TypeError(f"url must be a str such as 'memory://' or 'tcp://127.0.0.1:5555', not {type(url).__name__}")
@@ -423,7 +423,8 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
         from ringbus.backends.mqtt import MqttBus
 
         return MqttBus(url, **options)
-    if scheme in ("nats", "mqtt"):
-        raise Unsupported(f"the {scheme}:// backend is not in this release of ringbus; use memory:// or the embedded "
-                          "broker (tcp:// or ipc://)")
+    if scheme == "nats":
+        from ringbus.backends.nats import NatsBus
+
+        return NatsBus(url, **options)
     raise ValueError(f"unknown bus url {url!r}: expected memory://, tcp://host:port or ipc:///path")

@@ -147,6 +147,35 @@ def mqtt_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"mqtt://{MQTT_ADDRESS[0]}:{MQTT_ADDRESS[1]}?prefix=rbtest-{uuid.uuid4().hex[:12]}/&session_expiry=60"
 
 
+NATS_ADDRESS = ("127.0.0.1", 4222)
+
+
+@contextmanager
+def nats_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The NATS server (with JetStream) at 127.0.0.1:4222, every subject and stream under a prefix of this
+    session's own (deleted at the end).
+
+    Without a NATS there (or without nats-py) the tests skip, unless RINGBUS_REQUIRE_SERVICES=1 (CI), where that is
+    a failure.
+    """
+    import os
+    import socket
+
+    try:
+        import nats  # noqa: F401
+        socket.create_connection(NATS_ADDRESS, timeout=2.0).close()
+    except (ImportError, OSError) as exc:
+        message = (f"no NATS answers at nats://{NATS_ADDRESS[0]}:{NATS_ADDRESS[1]} ({exc}); start one with "
+                   "JetStream (nats-server -js) and pip install 'nats-py>=2.6' to run the nats backend's tests")
+        (pytest.fail if os.environ.get("RINGBUS_REQUIRE_SERVICES") == "1" else pytest.skip)(message)
+    url = f"nats://{NATS_ADDRESS[0]}:{NATS_ADDRESS[1]}?prefix=rbtest-{uuid.uuid4().hex[:12]}."
+    try:
+        yield url
+    finally:
+        with connect(url) as bus:
+            bus.drop_namespace()  # type: ignore[attr-defined]
+
+
 BACKENDS: dict[str, Backend] = {
     "memory": Backend(memory_backend, shared=False),
     "broker-tcp": Backend(broker_tcp_backend, shared=True),
@@ -154,6 +183,7 @@ BACKENDS: dict[str, Backend] = {
     "redis": Backend(redis_backend, shared=True),
     "amqp": Backend(amqp_backend, shared=True),
     "mqtt": Backend(mqtt_backend, shared=True),
+    "nats": Backend(nats_backend, shared=True),
 }
 
 

@@ -337,3 +337,15 @@ def test_stats_view_rich_and_plain(monkeypatch: pytest.MonkeyPatch) -> None:
         text = out.getvalue()
         assert "queue_wait" in text and "2.500" in text and "processing" not in text, text
         assert "old" in text
+
+
+def test_bench_metrics_cases_run_tiny() -> None:
+    """The bench's contenders do their work at a tiny scale (timing is the bench's business, not a test's)."""
+    from ringbus.bench.metrics import TARGET, cases
+
+    found = cases(scale=0.001)
+    assert [case.target for case in found] == [{"metrics off": TARGET}] * 3
+    for case in found:
+        for _, contender in (case.ours, *case.peers):
+            seconds = contender(200)
+            assert isinstance(seconds, float) and seconds > 0.0

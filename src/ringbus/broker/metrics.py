@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from ringbus._core import Histogram
 
@@ -82,29 +82,35 @@ class _Stage:
 
 
 class QueueMetrics:
-    """Latency histograms of one queue; the :class:`QueueBook` calls :meth:`delivered` and :meth:`settled`."""
+    """Latency histograms of one queue, fed by its :class:`QueueBook`.
 
-    __slots__ = ("queue_wait", "processing", "end_to_end", "_roll_at")
+    The hot path is one native call per sample: ``record_processing`` and ``record_end_to_end`` are the
+    current windows' ``record_seconds``, kept bound; :meth:`deliveries` hands out the queue-wait one. The
+    windows roll when a batch is delivered or the numbers are read (settles follow deliveries, so they
+    cannot lag a roll by more than a batch).
+    """
+
+    __slots__ = ("queue_wait", "processing", "end_to_end", "_roll_at", "_wait", "record_processing",
+                 "record_end_to_end")
 
     def __init__(self, now: float) -> None:
         self.queue_wait = _Stage()
         self.processing = _Stage()
         self.end_to_end = _Stage()
         self._roll_at = now + WINDOW
+        self._bind()
 
-    def delivered(self, ready_at: float, now: float) -> None:
-        """A message that became deliverable at ``ready_at`` was delivered ``now`` (monotonic seconds)."""
+    def _bind(self) -> None:
+        self._wait = self.queue_wait.recent.record_seconds
+        self.record_processing = self.processing.recent.record_seconds  # seconds from delivery to settle
+        self.record_end_to_end = self.end_to_end.recent.record_seconds  # seconds from send to ack
+
+    def deliveries(self, now: float) -> Callable[[float], None]:
+        """What records the queue waits (seconds) of the deliveries made ``now`` (monotonic seconds)."""
         if now >= self._roll_at:
             self.roll(now)
-        self.queue_wait.recent.record_seconds(now - ready_at)
+        return self._wait
 
-    def settled(self, delivered_at: float, enqueued_at: float, now: float, acked: bool) -> None:
-        """A delivery made at ``delivered_at`` was acked (or nacked/rejected) ``now``."""
-        if now >= self._roll_at:
-            self.roll(now)
-        self.processing.recent.record_seconds(now - delivered_at)
-        if acked:
-            self.end_to_end.recent.record_seconds(now - enqueued_at)
 
     def roll(self, now: float) -> None:
         """Start a new window if the current one is over (a window with nothing in it may pass unrolled)."""
@@ -117,6 +123,7 @@ class QueueMetrics:
             if stale:
                 stage.fold(stage.previous)
         self._roll_at = now + WINDOW
+        self._bind()
 
     def latency_ms(self, now: float) -> dict[str, dict[str, float]]:
         """The STATS reply's ``latency_ms``: per stage count, p50, p90, p99 and max in ms over the last 30-60 s."""

@@ -362,7 +362,7 @@ class QueueBook:
         ready = queue._ready
         vt = queue.options.visibility_timeout
         journal = self._journal if queue.options.durable else None
-        metrics = queue.metrics
+        record_wait = queue.metrics.deliveries(now) if queue.metrics is not None else None
         while len(out) < max_items and queue._ready_count:
             try:
                 entry = ready.get_nowait()
@@ -392,13 +392,13 @@ class QueueBook:
             entry.deliveries += 1
             if journal is not None:
                 journal.delivered(queue, entry)
-            if metrics is not None:
-                metrics.delivered(entry.ready_at, now)
+            if record_wait is not None:
+                record_wait(now - entry.ready_at)  # deliverable since ready_at
             out.append((tag, message, wire))
         queue.delivered += len(out)
         return out
 
-    def _settling(self, name: str, tag: int, action: str) -> tuple[Queue, Entry]:
+    def _settling(self, name: str, tag: int, action: str, now: float) -> tuple[Queue, Entry]:
         queue = self.get(name)
         entry = queue._in_flight.get(tag)
         if entry is None:
@@ -409,14 +409,16 @@ class QueueBook:
         metrics = queue.metrics
         if metrics is not None and action != "release":
             # Delivered when its lease began: the lease runs visibility_timeout from the delivery.
-            metrics.settled(entry.deadline - queue.options.visibility_timeout, entry.enqueued_at, self._clock(),
-                            action == "ack")
+            metrics.record_processing(now - entry.deadline + queue.options.visibility_timeout)
+            if action == "ack":
+                metrics.record_end_to_end(now - entry.enqueued_at)
         return queue, entry
 
     def ack(self, name: str, tag: int) -> None:
         """Settle a delivery as done; raises RingbusError if it is not in flight under this tag."""
-        queue, entry = self._settling(name, tag, "ack")
-        queue._unlink(entry, self._clock())
+        now = self._clock()
+        queue, entry = self._settling(name, tag, "ack", now)
+        queue._unlink(entry, now)
         queue.acked += 1
         if queue.options.durable and self._journal is not None:
             self._journal.removed(queue, entry)
@@ -425,9 +427,9 @@ class QueueBook:
 
     def nack(self, name: str, tag: int, *, requeue: bool = True, delay: float | None = None) -> None:
         """Settle a delivery as failed: back to waiting (after ``delay``), or dead-lettered."""
-        queue, entry = self._settling(name, tag, "nack")
-        queue.nacked += 1
         now = self._clock()
+        queue, entry = self._settling(name, tag, "nack", now)
+        queue.nacked += 1
         if not requeue:
             self._dead_letter(queue, entry, "nacked", now)
         else:
@@ -435,19 +437,21 @@ class QueueBook:
 
     def reject(self, name: str, tag: int) -> None:
         """Settle a delivery as unprocessable: to the dead-letter queue."""
-        queue, entry = self._settling(name, tag, "reject")
-        self._dead_letter(queue, entry, "rejected", self._clock())
+        now = self._clock()
+        queue, entry = self._settling(name, tag, "reject", now)
+        self._dead_letter(queue, entry, "rejected", now)
 
     def unfetch(self, name: str, tag: int) -> None:
         """Give back a delivery its consumer never looked at (prefetched, then the consumer stopped).
 
         Unlike a nack it does not count as an attempt.
         """
-        queue, entry = self._settling(name, tag, "release")
+        now = self._clock()
+        queue, entry = self._settling(name, tag, "release", now)
         entry.deliveries -= 1
         if entry.deliveries:
             queue.redelivered -= 1
-        self._return(queue, entry, self._clock(), None)
+        self._return(queue, entry, now, None)
 
     def extend(self, holder: Hashable, now: float | None = None) -> None:
         """Heartbeat from ``holder``: nothing to do here - leases run their visibility timeout (SQS semantics)."""

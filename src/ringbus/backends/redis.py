@@ -21,22 +21,34 @@ change together. How each feature maps to Redis is in docs/backends.md; the keys
   queue ``@<group>``; ``start="earliest"`` copies the retained ones in when the group is created.
 - **Request-reply**: a list per service (``BRPOP`` by the servers) and a list per request for its reply.
 
+- **Connection loss**: redis-py reconnects and retries a command that failed on a lost connection with jittered
+  exponential backoff for about ``reconnect`` seconds (:class:`redis.retry.Retry`), then the call raises
+  :class:`ringbus.PeerGone`. A retried send, settle or publish does not run twice: those scripts keep their result
+  in a small per-bus journal (``<prefix>journal:<bus>``, the last ``JOURNAL_SLOTS`` calls) under the call's
+  number, and a retry whose first try did run returns that result. A retried fetch whose reply was lost leaves its
+  messages with this bus until their visibility timeout (they come back, one attempt more: at-least-once).
+
 A RedisBus may be used from one thread at a time (like every Bus); its messages may be settled from any thread.
 Not for Redis Cluster: the scripts reach keys of several queues.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import logging
 import struct
 import threading
 import time
 from collections import deque
-from typing import Any, Iterator, cast
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 import redis as redis_py
+from redis.backoff import EqualJitterBackoff
+from redis.retry import Retry
 
 from ringbus.backends import _redis_lua as lua
 from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
@@ -68,6 +80,10 @@ SUBSCRIBER_BUFFER = 10_000
 POLL_MIN, POLL_MAX = 0.001, 0.02  # a waiting receive polls its queue at this backoff
 SLICE = 0.1  # seconds a blocking call waits before it looks at close() and stop
 SEND_CHUNK = 256
+RETRY_BASE, RETRY_CAP = 0.05, 1.0  # seconds: a lost connection is retried after 0.1 s doubling to 1 s, jittered
+JOURNAL_SLOTS = 1024  # calls (send, settle, publish) of one bus whose results a retry can find; > SEND_CHUNK
+JOURNAL_KEEP_MS = 600_000  # a bus's journal goes this long after its last call
+JOURNALED = ("send", "settle", "publish")  # the scripts a retry must not run twice
 _LEN = struct.Struct(">I")
 _DEADLINE = struct.Struct(">d")
 _replace = msgspec.structs.replace
@@ -89,6 +105,46 @@ def _unblob(blob: bytes, copy: bool = True) -> Message:
     (size,) = _LEN.unpack_from(blob, 1)
     header = blob[5:5 + size]
     return decode([header, blob[5 + size:]] if n == 2 else [header])
+
+
+# Wraps a script so that it runs at most once per (bus, call number). Its last three ARGV are the bus's journal key,
+# the call's number and the journal slot (number % JOURNAL_SLOTS); a call redis-py retries after a lost reply finds
+# the result of its first try in the slot instead of running again.
+_ONCE = r"""
+local journal, number, slot = ARGV[#ARGV - 2], ARGV[#ARGV - 1], ARGV[#ARGV]
+local kept = redis.call('HGET', journal, slot)
+if kept then
+  local entry = cmsgpack.unpack(kept)
+  if entry[1] == number then return entry[2] end
+end
+local result = (function()
+%s
+end)()
+redis.call('HSET', journal, slot, cmsgpack.pack({number, result}))
+redis.call('PEXPIRE', journal, %d)
+return result
+"""
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _reaching_redis(method: _F) -> _F:
+    """A RedisBus method whose lost connection (after every retry) raises :class:`ringbus.PeerGone`."""
+    @functools.wraps(method)
+    def wrapper(self: RedisBus, *args: Any, **kwargs: Any) -> Any:
+        with self._reaching():
+            return method(self, *args, **kwargs)
+    return cast(_F, wrapper)
+
+
+def _retries_for(seconds: float) -> int:
+    """How many retries of EqualJitterBackoff(RETRY_CAP, RETRY_BASE) wait about ``seconds`` in all (on average)."""
+    retries, waited = 0, 0.0
+    while waited < seconds:
+        retries += 1
+        waited += 0.75 * min(RETRY_CAP, RETRY_BASE * 2 ** retries)  # equal jitter: between half and all of it
+    return max(retries, 1)
 
 
 def _option_fields(options: QueueOptions) -> list[str]:
@@ -186,21 +242,23 @@ class _RedisSubscription(Subscription):
                 literal.append(word)
             glob, self._exact = _glob_escape(channel + ".".join(literal)) + "*", False
         self._channel_prefix = len(channel)
+        # redis-py subscribes again by itself when it reconnects (PubSub.on_connect)
         self._pubsub = bus._redis.pubsub()
-        if self._exact:
-            self._pubsub.subscribe(glob)
-        else:
-            self._pubsub.psubscribe(glob)
-        # Wait for the confirmation: a publication sent after subscribe() returns must reach us.
-        deadline = time.monotonic() + bus._timeout
-        while True:
-            reply = self._pubsub.get_message(timeout=SLICE)
-            if reply is not None and reply["type"] in ("subscribe", "psubscribe"):
-                break
-            if reply is not None:
-                self._take(reply)
-            if time.monotonic() > deadline:
-                raise PeerGone(f"Redis at {bus.url} did not confirm the subscription within {bus._timeout:g} s")
+        with bus._reaching():
+            if self._exact:
+                self._pubsub.subscribe(glob)
+            else:
+                self._pubsub.psubscribe(glob)
+            # Wait for the confirmation: a publication sent after subscribe() returns must reach us.
+            deadline = time.monotonic() + bus._timeout
+            while True:
+                reply = self._pubsub.get_message(timeout=SLICE)
+                if reply is not None and reply["type"] in ("subscribe", "psubscribe"):
+                    break
+                if reply is not None:
+                    self._take(reply)
+                if time.monotonic() > deadline:
+                    raise PeerGone(f"Redis at {bus.url} did not confirm the subscription within {bus._timeout:g} s")
 
     def _take(self, reply: dict[str, Any]) -> None:
         if reply["type"] not in ("message", "pmessage"):
@@ -230,15 +288,16 @@ class _RedisSubscription(Subscription):
             if left <= 0.0:
                 return None
             try:
-                reply = self._pubsub.get_message(timeout=left)
-            except (redis_py.ConnectionError, ValueError, AttributeError):
+                with self._bus._reaching():
+                    reply = self._pubsub.get_message(timeout=left)
+                    if reply is not None and not (self._closed or self._bus._closed):
+                        self._take(reply)
+            except (PeerGone, ValueError, AttributeError):
                 if self._closed or self._bus._closed:
                     raise Closed("subscription is closed") from None
                 raise
             if self._closed or self._bus._closed:
                 raise Closed("subscription is closed")
-            if reply is not None:
-                self._take(reply)
         return self._buffer.popleft()
 
     @property
@@ -265,17 +324,21 @@ class RedisBus(Bus):
         ``redis://`` or ``rediss://`` (TLS) as redis-py reads it, plus ``prefix=`` in the query: every key this
         bus touches starts with it (default ``ringbus:``), so several buses can share one Redis database.
     timeout : float
-        Seconds to wait for Redis to answer a command before :class:`ringbus.PeerGone`.
+        Seconds to wait for a connection to Redis to open.
+    reconnect : float
+        Seconds (about) to keep retrying a command whose connection was lost, with jittered exponential backoff,
+        before it raises :class:`ringbus.PeerGone`; 0 to raise at once.
     retention : int
         Publications kept (approximately) for ``start="earliest"`` replay.
     """
 
     unsupported_features: frozenset[str] = frozenset()
 
-    def __init__(self, url: str, *, timeout: float = 30.0, retention: int = 100_000, prefix: str | None = None,
-                 **options: Any) -> None:
+    def __init__(self, url: str, *, timeout: float = 30.0, reconnect: float = 10.0, retention: int = 100_000,
+                 prefix: str | None = None, **options: Any) -> None:
         self.url = url
         self._timeout = check_seconds("timeout", timeout, allow_zero=False) or 30.0
+        self._reconnect = check_seconds("reconnect", reconnect) or 0.0
         if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
             raise ValueError(f"retention must be an int >= 1, got {retention!r}")
         self._retention = retention
@@ -284,11 +347,16 @@ class RedisBus(Bus):
         found = [value for name, value in query if name == "prefix"]
         self._prefix = prefix if prefix is not None else (found[-1] if found else "ringbus:")
         rest = urlunsplit(parts._replace(query=urlencode([(n, v) for n, v in query if n != "prefix"])))
+        options.setdefault("retry", Retry(EqualJitterBackoff(RETRY_CAP, RETRY_BASE),
+                                          _retries_for(self._reconnect) if self._reconnect else 0))
         self._redis = redis_py.Redis.from_url(rest, socket_timeout=None, socket_connect_timeout=self._timeout,
                                               health_check_interval=30, **options)
-        self._scripts = {name: self._redis.register_script(getattr(lua, name.upper()))
-                         for name in ("send", "fetch", "settle", "release", "stats", "declare", "publish", "group")}
+        self._scripts = {name: self._redis.register_script(
+            _ONCE % (getattr(lua, name.upper()), JOURNAL_KEEP_MS) if name in JOURNALED else getattr(lua, name.upper()))
+            for name in ("send", "fetch", "settle", "release", "stats", "declare", "publish", "group")}
         self._consumer = new_id()
+        self._journal = f"{self._prefix}journal:{self._consumer}"
+        self._calls = itertools.count()  # numbers journaled calls (thread-safe: settles come from any thread)
         self._closed = False
         self._touched: set[str] = set()
         self._subscriptions: list[_RedisSubscription] = []
@@ -298,15 +366,25 @@ class RedisBus(Bus):
         if self._closed:
             raise Closed(f"bus {self.url!r} is closed")
 
-    def _script(self, name: str, *args: Any) -> Any:
+    @contextmanager
+    def _reaching(self) -> Iterator[None]:
+        """Turns a connection that stayed lost through every retry into :class:`ringbus.PeerGone`."""
         try:
-            return self._scripts[name](args=args)
-        except redis_py.ConnectionError as exc:
-            raise PeerGone(f"Redis at {self.url} is unreachable: {exc}; the command may or may not have taken "
-                           "effect") from exc
-        except redis_py.TimeoutError as exc:
-            raise PeerGone(f"Redis at {self.url} did not answer: {exc}; the command may or may not have taken "
-                           "effect") from exc
+            yield
+        except (redis_py.ConnectionError, redis_py.TimeoutError) as exc:
+            raise PeerGone(f"Redis at {self.url} is unreachable ({exc}), still after retrying for about "
+                           f"{self._reconnect:g} s; the command may or may not have taken effect") from exc
+
+    def _args(self, name: str, args: Any) -> Any:
+        """``args`` of script ``name``, with the journal's three when the script is journaled."""
+        if name not in JOURNALED:
+            return args
+        number = next(self._calls)
+        return (*args, self._journal, number, number % JOURNAL_SLOTS)
+
+    def _script(self, name: str, *args: Any) -> Any:
+        with self._reaching():
+            return self._scripts[name](args=self._args(name, args))
 
     # -- queues -----------------------------------------------------------------------------------------------
     def declare_queue(self, name: str, *, durable: bool = True, max_length: int | None = None,
@@ -356,19 +434,27 @@ class RedisBus(Bus):
         """Send in order, pipelined (``SEND_CHUNK`` scripts per round trip). Not atomic, like the broker's."""
         self._check_open()
         messages = [as_message(body) for body in bodies]
-        script = self._scripts["send"]
         ids: list[str] = []
         for start in range(0, len(messages), SEND_CHUNK):
-            pipe = self._redis.pipeline(transaction=False)
-            for message in messages[start:start + SEND_CHUNK]:
-                script(args=self._send_args(queue, message, None, None, None), client=pipe)
-            try:
-                results = pipe.execute()
-            except redis_py.ConnectionError as exc:
-                raise PeerGone(f"Redis at {self.url} is unreachable: {exc}") from exc
-            for result in results:
+            chunk = messages[start:start + SEND_CHUNK]
+            for result in self._pipelined("send", [self._send_args(queue, m, None, None, None) for m in chunk]):
                 ids.append(self._sent(queue, result))
         return ids
+
+    def _pipelined(self, name: str, calls: list[list[Any]]) -> list[Any]:
+        """Run script ``name`` once per argument list in one round trip; return the results in order."""
+        calls = [self._args(name, args) for args in calls]  # numbered once: a second try runs nothing twice
+        script = self._scripts[name]
+        for _ in range(3):
+            pipe = self._redis.pipeline(transaction=False)
+            for args in calls:
+                script(args=args, client=pipe)
+            try:
+                with self._reaching():
+                    return cast("list[Any]", pipe.execute())
+            except redis_py.exceptions.NoScriptError:
+                continue  # Redis restarted between the pipeline's script check and its retry: load them again
+        raise PeerGone(f"Redis at {self.url} kept forgetting the ringbus scripts (restarting?)")
 
     def _fetch(self, queue: str, count: int, consumer: _Consumer | None) -> list[Message]:
         result = self._script("fetch", self._prefix, queue, self._consumer, count)
@@ -419,7 +505,8 @@ class RedisBus(Bus):
         consumer = _Consumer()
         buffer: deque[Message] = deque()
         counters = f"{self._prefix}q:{{{queue}}}:st"
-        self._redis.hincrby(counters, "consumers", 1)
+        with self._reaching():
+            self._redis.hincrby(counters, "consumers", 1)
         try:
             while not self._closed:
                 if buffer:
@@ -443,11 +530,15 @@ class RedisBus(Bus):
             return
         finally:
             if not self._closed:
-                for message in buffer:  # fetched, never handed out: back without counting an attempt
-                    handle = message._settle
-                    self._script("settle", self._prefix, queue, self._consumer, handle.level, handle.entry,
-                                 "unfetch", "1", 0)
-                self._redis.hincrby(counters, "consumers", -1)
+                try:
+                    for message in buffer:  # fetched, never handed out: back without counting an attempt
+                        handle = message._settle
+                        self._script("settle", self._prefix, queue, self._consumer, handle.level, handle.entry,
+                                     "unfetch", "1", 0)
+                    with self._reaching():
+                        self._redis.hincrby(counters, "consumers", -1)
+                except PeerGone as exc:  # the loop ends anyway; what it held comes back after its lease
+                    log.warning("consume(%r) could not give back its prefetched messages: %s", queue, exc)
 
     def queue_stats(self, queue: str) -> QueueStats:
         self._check_open()
@@ -463,7 +554,8 @@ class RedisBus(Bus):
 
     def queues(self) -> list[str]:
         self._check_open()
-        members = cast("set[bytes]", self._redis.smembers(self._prefix + "queues"))
+        with self._reaching():
+            members = cast("set[bytes]", self._redis.smembers(self._prefix + "queues"))
         names = (name.decode() for name in members)
         return sorted(name for name in names if not name.startswith("@"))
 
@@ -486,11 +578,8 @@ class RedisBus(Bus):
         self._check_open()
         check_topic(topic)
         messages = [as_message(body) for body in bodies]
-        pipe = self._redis.pipeline(transaction=False)
-        script = self._scripts["publish"]
-        for message in messages:
-            script(args=self._publish_args(topic, message), client=pipe)
-        pipe.execute()
+        for start in range(0, len(messages), SEND_CHUNK):  # chunks: a journal holds JOURNAL_SLOTS calls
+            self._pipelined("publish", [self._publish_args(topic, m) for m in messages[start:start + SEND_CHUNK]])
         return [message.id for message in messages]
 
     def _group_queue(self, pattern: str, group: str, start: Start) -> str:
@@ -511,6 +600,7 @@ class RedisBus(Bus):
         return subscription
 
     # -- services ---------------------------------------------------------------------------------------------
+    @_reaching_redis
     def request(self, service: str, body: bytes | bytearray | memoryview | Message, *,
                 timeout: float | None = 5.0) -> Message:
         self._check_open()
@@ -537,6 +627,7 @@ class RedisBus(Bus):
                 return _unblob(data[1:])
         raise Empty(f"no reply from service {service!r} within {timeout} s")
 
+    @_reaching_redis
     def serve(self, service: str, handler: Handler, *, stop: threading.Event | None = None) -> None:
         self._check_open()
         check_name("service", service)
@@ -572,6 +663,7 @@ class RedisBus(Bus):
         try:
             for queue in self._touched:  # unsettled messages go back at once, each counted as an attempt
                 self._scripts["release"](args=[self._prefix, queue, self._consumer])
+            self._redis.delete(self._journal)
         except redis_py.RedisError as exc:
             log.warning("could not give back the unsettled messages of %s (they come back after their "
                         "visibility timeout): %s", self.url, exc)

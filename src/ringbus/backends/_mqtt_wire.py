@@ -24,7 +24,7 @@ from paho.mqtt.properties import Properties
 from ringbus.bus import TOPIC_HEADER, check_topic, topic_matcher
 from ringbus.message import HeaderValue, Message, new_id
 
-__all__ = ["check_prefix", "mqtt_topic", "mqtt_filter", "ringbus_topic", "publish_properties", "to_message"]
+__all__ = ["check_prefix", "mqtt_filter", "mqtt_topic", "publish_properties", "ringbus_topic", "to_message"]
 
 _P_ID = "ringbus-id"
 _P_TS = "ringbus-ts"
@@ -133,7 +133,7 @@ def _json(text: str, default: Any) -> Any:
         return default
 
 
-def to_message(topic: str, payload: bytes, properties: Properties | None, redelivered: bool) -> Message:
+def to_message(topic: str, payload: bytes | bytearray, properties: Properties | None, redelivered: bool) -> Message:
     """The Message of a PUBLISH received on the ringbus ``topic``; tolerant of what plain MQTT publishers send."""
     pairs: list[tuple[str, str]] = list(getattr(properties, "UserProperty", None) or ())
     fields = dict(pair for pair in pairs if pair[0] in RESERVED)

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, NoReturn
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -60,7 +61,7 @@ from ringbus.bus import (
 from ringbus.errors import Closed, Full, PeerGone, RingbusError, Unsupported
 from ringbus.message import HeaderValue, Message, new_id
 
-__all__ = ["MqttBus", "UNSUPPORTED"]
+__all__ = ["UNSUPPORTED", "MqttBus"]
 
 log = logging.getLogger("ringbus.backends.mqtt")
 
@@ -219,7 +220,7 @@ class _Link:
 class _Delivery:
     """The settle handle of a durable group's message: ack is the PUBACK, sent when the application says so."""
 
-    __slots__ = ("sub", "mid", "qos", "epoch", "done")
+    __slots__ = ("done", "epoch", "mid", "qos", "sub")
 
     def __init__(self, sub: _MqttSubscription, mid: int, qos: int, epoch: int) -> None:
         self.sub = sub
@@ -292,6 +293,7 @@ class _MqttSubscription(Subscription):
                               clean_start=not durable, session_expiry=bus._session_expiry if durable else 0,
                               manual_ack=durable, receive_maximum=bus._inflight if durable else None,
                               on_message=self._arrived, on_connected=self._subscribe)
+            self.link.client.on_subscribe = self._subscribed
             self.link.start()
             if not self._suback.wait(bus._server.timeout) or self._suback_error is not None:
                 self.link.close()
@@ -306,7 +308,6 @@ class _MqttSubscription(Subscription):
         # Again at every (re)connect: a clean session lost its subscription, a persistent one keeps it (harmless).
         # Retained messages are not sent: a subscription sees what is published while it exists.
         options = SubscribeOptions(qos=QOS, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)
-        client.on_subscribe = self._subscribed
         self._suback_mid = client.subscribe(self._filter, options=options)[1]
 
     def _subscribed(self, client: paho.Client, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
@@ -341,10 +342,7 @@ class _MqttSubscription(Subscription):
     def requeue(self, message: Message, delivery: _Delivery, delay: float | None) -> None:
         """A nacked message of a durable group: delivered again by this subscription (still unacked at the
         broker, so it also comes back if this process dies)."""
-        again = Message(message.body, id=message.id, key=message.key, priority=message.priority,
-                        headers=message.headers, timestamp=message.timestamp, attempts=message.attempts + 1,
-                        reply_to=message.reply_to, correlation_id=message.correlation_id,
-                        content_type=message.content_type, meta=message.meta)
+        again = msgspec.structs.replace(message, attempts=message.attempts + 1)
         again._settle = _Delivery(self, delivery.mid, delivery.qos, delivery.epoch)
         with self._cond:
             if delay:

@@ -41,7 +41,15 @@ class ProtocolError(RingbusError, ValueError):
 
 
 class Unsupported(RingbusError, NotImplementedError):
-    """The backend cannot give this feature; the message says which and why."""
+    """The backend cannot give this feature; the message says which and why.
+
+    ``feature`` names it for code that can do without (``"dedup"``, ``"ordered_by_key"``, ``"replay"``...), or is
+    None where the backend does not say.
+    """
+
+    def __init__(self, *args: object, feature: str | None = None) -> None:
+        super().__init__(*args)
+        self.feature = feature
 
 
 class NotFound(RingbusError, LookupError):

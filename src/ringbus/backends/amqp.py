@@ -147,7 +147,7 @@ _catalogs_lock = threading.Lock()
 
 
 def _unsupported(feature: str) -> Unsupported:
-    return Unsupported(f"the amqp:// backend does not support {UNSUPPORTED[feature]}")
+    return Unsupported(f"the amqp:// backend does not support {UNSUPPORTED[feature]}", feature=feature)
 
 
 class _Inbox:

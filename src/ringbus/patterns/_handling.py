@@ -10,7 +10,7 @@ from ringbus.errors import Closed, RingbusError, Unsupported
 from ringbus.message import Message
 from ringbus.patterns._retry import RetryPolicy
 
-__all__ = ["Reject", "Dispatcher", "DEAD_REASON", "DEAD_FROM", "ERROR_HEADER", "ERROR_TYPE_HEADER",
+__all__ = ["Reject", "Dispatcher", "send_deduplicated", "DEAD_REASON", "DEAD_FROM", "ERROR_HEADER", "ERROR_TYPE_HEADER",
            "ATTEMPTS_HEADER"]
 
 # The broker's own dead-letter headers (ringbus.broker.queues), repeated here: patterns import only the Bus.
@@ -24,6 +24,18 @@ MAX_ERROR_TEXT = 2000  # characters of the error kept in the header
 
 Count = Callable[..., None]
 
+
+
+def send_deduplicated(bus: Bus, queue: str, message: Message | bytes, dedup_id: str, **options: Any) -> str:
+    """``bus.send`` with ``dedup_id``, for the patterns' own crash-safety sends (a copy made again after a crash is
+    dropped by the queue's dedup window). On an engine without dedup windows (RabbitMQ) it sends without one:
+    a crash can then leave a repeat, which at-least-once consumers take anyway."""
+    try:
+        return bus.send(queue, message, dedup_id=dedup_id, **options)
+    except Unsupported as exc:
+        if exc.feature != "dedup":
+            raise
+        return bus.send(queue, message, **options)
 
 class Reject(Exception):
     """Raise from a handler to dead-letter the message at once, without retries: it can never succeed.
@@ -126,11 +138,8 @@ class Dispatcher:
                        timestamp=message.timestamp, attempts=failures, reply_to=message.reply_to,
                        correlation_id=message.correlation_id, content_type=message.content_type, meta=message.meta)
         try:
-            try:
-                # dedup: a crash between this send and the ack below must not dead-letter it twice
-                bus.send(self.dead_letter, copy, dedup_id=f"dead-letter:{message.id}")
-            except Unsupported:  # an engine without dedup windows (RabbitMQ): at-least-once, as its docs say
-                bus.send(self.dead_letter, copy)
+            # dedup: a crash between this send and the ack below must not dead-letter it twice
+            send_deduplicated(bus, self.dead_letter, copy, f"dead-letter:{message.id}")
         except (RingbusError, ValueError, TypeError) as send_error:
             # Not lost: back to the queue, whose own max_attempts dead-letters it (without our error header).
             self.log.error("cannot send message %s to dead-letter queue %r (%s); nacking it instead", message.id,

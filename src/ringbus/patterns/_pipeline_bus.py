@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Sequence
 from ringbus.bus import Bus, check_name, connect
 from ringbus.errors import RingbusError
 from ringbus.message import Message
-from ringbus.patterns._handling import (
+from ringbus.patterns._handling import (send_deduplicated, 
     ATTEMPTS_HEADER,
     DEAD_FROM,
     DEAD_REASON,
@@ -240,7 +240,7 @@ class BusPipeline:
                        ATTEMPTS_HEADER: failures}
             copy = Message(message.body, key=message.key, headers=headers, content_type=message.content_type,
                            meta=message.meta, correlation_id=message.correlation_id)
-            bus.send(self.dead_letter_queue, copy, dedup_id=f"dead-letter:{message.id}")
+            send_deduplicated(bus, self.dead_letter_queue, copy, f"dead-letter:{message.id}")
             message.ack()
             with self._lock:
                 counts[2] += 1

@@ -34,6 +34,7 @@ from typing import Any, Callable, TypeVar
 from ringbus.bus import Bus, check_name, connect
 from ringbus.errors import Closed, Empty, NotFound, PeerGone, RingbusError
 from ringbus.message import Message, new_id
+from ringbus.patterns._handling import send_deduplicated
 from ringbus.patterns._jobstore import STATUSES, TERMINAL, JobRecord, JobStore
 from ringbus.patterns._retry import RetryPolicy
 from ringbus.patterns._stats import PatternStats, StatsCounter
@@ -280,8 +281,8 @@ class JobManager:
         job_id = new_id()
         record = self.store.create(job_id, callback_url, self._clock())
         try:
-            self._on_bus(lambda bus: bus.send(self.queue, body, priority=priority, headers={JOB_HEADER: job_id},
-                                              dedup_id=job_id))
+            self._on_bus(lambda bus: send_deduplicated(bus, self.queue, body, job_id, priority=priority,
+                                                       headers={JOB_HEADER: job_id}))
         except BaseException:
             self.store.remove(job_id)
             raise
@@ -756,7 +757,7 @@ class JobWorker:
         headers = {JOB_HEADER: job_id, STATUS_HEADER: status, TYPE_HEADER: content_type, ERROR_HEADER: error,
                    ATTEMPT_HEADER: attempt}
         try:
-            bus.send(self.status_queue, body, headers=headers, dedup_id=f"{job_id}:{attempt}")
+            send_deduplicated(bus, self.status_queue, body, f"{job_id}:{attempt}", headers=headers)
         except Exception as exc:  # the outcome did not reach the server: run the job again rather than lose it
             log.error("%s: outcome of job %s not sent (%s); job goes back to the queue", self.name, job_id, exc)
             message.nack(requeue=True, delay=self.retry.delay(attempt))

@@ -34,7 +34,8 @@ from typing import Any, BinaryIO, Callable, Iterable, Iterator
 from ringbus.bus import Bus
 from ringbus.errors import Closed, RingbusError
 from ringbus.message import HeaderValue, Message
-from ringbus.patterns._handling import ATTEMPTS_HEADER, DEAD_FROM, DEAD_REASON, ERROR_HEADER, ERROR_TYPE_HEADER
+from ringbus.patterns._handling import (ATTEMPTS_HEADER, DEAD_FROM, DEAD_REASON, ERROR_HEADER, ERROR_TYPE_HEADER,
+                                        send_deduplicated)
 from ringbus.patterns._retry import RetryPolicy
 from ringbus.patterns._stats import PatternStats, StatsCounter
 from ringbus.patterns.payload_stores import (
@@ -535,7 +536,7 @@ class ClaimCheck:
         try:
             # The copy first: a crash before the ack delivers the original again, never loses it; the dedup id
             # keeps a second copy out of the dead-letter queue.
-            bus.send(target, copy, dedup_id=f"dead-letter:{message.id}")
+            send_deduplicated(bus, target, copy, f"dead-letter:{message.id}")
         except (RingbusError, ValueError, TypeError) as send_error:
             log.error("cannot send message %s to dead-letter queue %r (%s); rejecting it to the queue's own",
                       message.id, target, send_error)

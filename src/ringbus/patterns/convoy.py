@@ -48,7 +48,7 @@ import msgspec
 from ringbus.bus import Bus, check_name, check_seconds, connect
 from ringbus.errors import Closed, PeerGone, RingbusError
 from ringbus.message import Message
-from ringbus.patterns._handling import ERROR_HEADER, Dispatcher, Reject, _error_text
+from ringbus.patterns._handling import ERROR_HEADER, Dispatcher, Reject, _error_text, send_deduplicated
 from ringbus.patterns._retry import RetryPolicy
 from ringbus.patterns._stats import PatternStats, StatsCounter
 
@@ -426,7 +426,7 @@ class SequentialConvoy:
         """Append ``message`` to the holding queue ``name``, then ack it here (dedup_id: no copy on a crash)."""
         self._declare_held(bus, name)
         moved = _replace(message, attempts=0, headers=headers if headers is not None else message.headers)
-        bus.send(name, moved, dedup_id=message.id)
+        send_deduplicated(bus, name, moved, message.id)
 
     def _hold(self, bus: Bus, message: Message, key: str, error: BaseException) -> None:
         name = held_queue_name(self.queue, key)

@@ -22,6 +22,7 @@ from ringbus.message import Message, new_id
 from ringbus.patterns._lifecycle import BackgroundConsumer
 from ringbus.patterns._stats import PatternStats, StatsCounter
 from ringbus.patterns.workflow.definition import RUNTIME
+from ringbus.patterns._handling import send_deduplicated
 from ringbus.patterns.workflow.wire import (
     REPORT_PRIORITY,
     Report,
@@ -149,7 +150,11 @@ class Agent(BackgroundConsumer):
             bus.close()
 
     def _report(self, bus: Bus, body: bytes, dedup_id: str | None = None) -> None:
-        bus.send(results_queue(self.name), Message(body, priority=REPORT_PRIORITY), dedup_id=dedup_id)
+        report = Message(body, priority=REPORT_PRIORITY)
+        if dedup_id is None:
+            bus.send(results_queue(self.name), report)
+        else:
+            send_deduplicated(bus, results_queue(self.name), report, dedup_id)
 
     def _handle(self, bus: Bus, message: Message) -> None:
         try:

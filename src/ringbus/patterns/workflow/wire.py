@@ -13,6 +13,7 @@ import msgspec
 
 from ringbus.bus import Bus, check_name
 from ringbus.message import Message, new_id
+from ringbus.patterns._handling import send_deduplicated
 
 __all__ = ["TaskMessage", "Report", "declare_queues", "send_task", "tasks_queue", "results_queue", "submit", "submit_many",
            "idempotency_key"]
@@ -107,8 +108,8 @@ def declare_queues(bus: Bus, name: str, *, task_visibility: float | None = 3600.
 def send_task(bus: Bus, name: str, task: TaskMessage, delay: float, dedup_id: str) -> None:
     """Put one task message on ``<name>.tasks`` (after ``delay`` seconds); repeats within the queue's dedup
     window are dropped by ``dedup_id``."""
-    bus.send(tasks_queue(name), Message(encode(task), key=task.op), delay=delay if delay > 0 else None,
-             dedup_id=dedup_id)
+    send_deduplicated(bus, tasks_queue(name), Message(encode(task), key=task.op), dedup_id,
+                      delay=delay if delay > 0 else None)
 
 
 def _start(workflow: str, input: Any, operation_id: str | None) -> tuple[str, Message]:
@@ -134,7 +135,7 @@ def submit(bus: Bus, workflow: str, input: Any = None, *, name: str = "workflow"
     check_engine_name(name)
     op, message = _start(workflow, input, operation_id)
     declare_queues(bus, name, task_visibility=None)
-    bus.send(results_queue(name), message, dedup_id=f"start:{op}")
+    send_deduplicated(bus, results_queue(name), message, f"start:{op}")
     return op
 
 

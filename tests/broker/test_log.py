@@ -287,12 +287,12 @@ def test_garbage_at_the_tail_is_cut(tmp_path: Path) -> None:
     assert path.stat().st_size == size
 
 
-def test_a_flipped_bit_in_a_length_field_of_the_last_segment_ends_the_log_there(tmp_path: Path) -> None:
+def test_a_damaged_length_field_of_the_last_segment_ends_the_log_there(tmp_path: Path) -> None:
     records = build(tmp_path, [10, 20, 30, 40, 50])
     path = segment_files(tmp_path)[-1]
     victim = records[2][0]
     data = bytearray(path.read_bytes())
-    data[victim + 1] ^= 0x10  # the record's end moves: where the next one starts is unknown, as in a torn tail
+    data[victim + 1] ^= 0x30  # two bits: the record's end moves, where the next one starts is unknown - a torn tail
     path.write_bytes(bytes(data))
     got, stats = replayed(tmp_path)
     assert got == records[:2]
@@ -301,24 +301,26 @@ def test_a_flipped_bit_in_a_length_field_of_the_last_segment_ends_the_log_there(
     assert [(k, p) for _, k, p in replayed(tmp_path)[0]] == [(k, p) for _, k, p in records[:2]]
 
 
-@pytest.mark.parametrize("where", ["crc", "kind", "payload"])
-def test_a_flipped_bit_elsewhere_in_the_last_segment_skips_that_record_alone(tmp_path: Path, where: str) -> None:
+@pytest.mark.parametrize("where", ["length", "crc", "kind", "payload"])
+def test_a_flipped_bit_in_the_last_segment_costs_at_most_that_record(tmp_path: Path, where: str) -> None:
+    """A header bit is repaired (the CRC holds with it flipped back); a payload bit costs its record alone."""
     records = build(tmp_path, [10, 20, 30, 40, 50])
     path = segment_files(tmp_path)[-1]
     victim = records[2][0]
     data = bytearray(path.read_bytes())
-    data[victim + {"crc": 6, "kind": 8, "payload": 9 + 17}[where]] ^= 0x10
+    data[victim + {"length": 1, "crc": 6, "kind": 8, "payload": 9 + 17}[where]] ^= 0x10
     path.write_bytes(bytes(data))
-    for _ in range(2):  # the file is left as it is: the record is skipped and reported at each open
+    kept = records[:2] + records[3:] if where == "payload" else records
+    for _ in range(2):  # the file is left as it is: the damage is reported again at each open
         got, stats = replayed(tmp_path)
-        assert got == records[:2] + records[3:]
+        assert got == kept
         assert (stats["corrupt_records"], stats["torn_records_cut"]) == (1, 0)
-        assert stats["bytes_dropped"] == 9 + 30
+        assert stats["bytes_dropped"] == (9 + 30 if where == "payload" else 0)
         assert path.read_bytes() == bytes(data)
     with SegmentedLog(tmp_path) as log:
         lsn = log.append(9, b"after")
     assert lsn == len(data)
-    assert replayed(tmp_path)[0] == records[:2] + records[3:] + [(lsn, 9, b"after")]
+    assert replayed(tmp_path)[0] == kept + [(lsn, 9, b"after")]
 
 
 @pytest.mark.parametrize("where", ["payload", "length"])
@@ -332,7 +334,10 @@ def test_damage_in_an_older_segment_skips_the_record_or_the_rest_of_it(
     inside = [r for r in records if base <= r[0] < int(files[2].stem)]
     assert len(inside) >= 3
     data = bytearray(victim.read_bytes())
-    data[inside[1][0] - base + (20 if where == "payload" else 0)] ^= 0x01
+    if where == "payload":
+        data[inside[1][0] - base + 20] ^= 0x01
+    else:
+        data[inside[1][0] - base] ^= 0x03  # two bits of the length: not repairable
     victim.write_bytes(bytes(data))
     caplog.set_level(logging.WARNING, logger="ringbus.broker.log")
     with SegmentedLog(tmp_path, segment_bytes=200) as log:

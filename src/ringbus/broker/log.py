@@ -38,16 +38,25 @@ end, and deleted whole.
 Recovery
 --------
 A record is good when it is whole and its CRC holds. A bad record (short
-header, length past the end of the file, CRC mismatch) whose own length field
-leads to a good record is skipped alone - a flipped bit in its CRC, kind or
-payload, or a torn write the disk kept a later write after - and reading goes
-on: the file is left as it is, and the record is reported again at each open.
-Any other damage ends the segment's readable part: in the last segment it is
-a torn tail, and opening the directory truncates the file before it, so
-appends follow the last good record; in an older segment ``replay`` skips the
-rest of that segment. A hit length field ends the segment too: the format
-cannot tell it from a torn tail. Every case is logged with the file and byte
-offset on ``ringbus.broker.log`` and counted in ``stats()``; none raises.
+header, length past the end of the file, CRC mismatch) is dealt with in this
+order, and reading goes on after it; the file is left as it is, and the
+damage is reported again at each open:
+
+1. one flipped bit in its header (length, CRC or kind): with that bit
+   flipped back the CRC holds over the untouched payload (and the next record
+   is good) - the record is kept;
+2. its own length field leads to a good record - a flipped bit in its CRC,
+   kind or payload, or a torn write the disk kept a later write after: the
+   record alone is skipped;
+3. anything else ends the segment's readable part: in the last segment it is
+   a torn tail, and opening the directory truncates the file before it, so
+   appends follow the last good record; in an older segment ``replay`` skips
+   the rest of that segment.
+
+A segment whose 8-byte file header is not ours is skipped whole. Every case
+is logged with the file and byte offset on ``ringbus.broker.log`` and
+counted in ``stats()`` (``corrupt_records``, ``torn_records_cut``,
+``bytes_dropped``); none raises.
 """
 
 from __future__ import annotations
@@ -170,16 +179,44 @@ def _good(mapped: mmap.mmap, view: memoryview, off: int, size: int) -> bool:
     return end <= size and crc32c(view[off + 8:end]) == crc
 
 
+def _repair(mapped: mmap.mmap, view: memoryview, off: int, size: int, n: int, crc: int,
+            kind: int) -> tuple[int, int, str] | None:
+    """(kind, end, which field) of the record at off if one flipped bit of its header is all that is wrong.
+
+    The CRC decides, over a payload no repair touches: it must hold with the bit flipped back (in the length,
+    the kind, or the CRC itself), and the record after it, if any, must be good. A record damaged some other
+    way passes by chance with odds of about 41 in 2**32.
+    """
+    def fits(end: int) -> bool:
+        return end == size or _good(mapped, view, end, size)
+
+    end = off + _REC_LEN + n
+    if end <= size:
+        payload = view[off + _REC_LEN:end]
+        wrong = crc32c(payload, _KIND_CRC[kind]) ^ crc
+        if wrong & (wrong - 1) == 0 and fits(end):
+            return kind, end, "CRC field"
+        for bit in range(8):
+            if crc32c(payload, _KIND_CRC[kind ^ (1 << bit)]) == crc and fits(end):
+                return kind ^ (1 << bit), end, "kind byte"
+    for bit in range(32):
+        end = off + _REC_LEN + (n ^ (1 << bit))
+        if end <= size and crc32c(view[off + 8:end]) == crc and fits(end):
+            return kind, end, "length field"
+    return None
+
+
 def _walk(mapped: mmap.mmap, view: memoryview, size: int, outcome: list[Any],
           skipped: list[tuple[int, int, str]]) -> Iterator[tuple[int, int, int]]:
     """Yields (offset, kind, end) of each good record after the file header.
 
-    A damaged record whose own length field leads to a good record (a flipped
-    bit in its CRC, kind or payload; a torn write followed by a later write the
-    disk kept) is skipped alone: (offset, bytes, reason) goes to ``skipped``
-    and the walk goes on. Any other damage ends the walk - a torn tail, or a
-    hit length field, which the format cannot tell from one - and outcome
-    becomes [offset where the good records end, reason or None].
+    A record with one flipped bit in its header (length, CRC or kind) is
+    repaired (its CRC holds with the bit flipped back) and yielded: (offset,
+    0, reason) goes to ``skipped``. A damaged record whose own length field leads to a good record
+    (a flipped bit in its CRC, kind or payload; a torn write followed by a later
+    write the disk kept) is skipped alone: (offset, bytes, reason) goes to
+    ``skipped`` and the walk goes on. Any other damage ends the walk - a torn
+    tail - and outcome becomes [offset where the good records end, reason or None].
     """
     off = _HEADER_LEN
     reason = None
@@ -195,6 +232,14 @@ def _walk(mapped: mmap.mmap, view: memoryview, size: int, outcome: list[Any],
                 off = end
                 continue
             reason = "CRC mismatch" if end <= size else f"record length {n} runs past the end of the file"
+            repaired = _repair(mapped, view, off, size, n, crc, kind)
+            if repaired is not None:
+                kind, end, field = repaired
+                skipped.append((off, 0, f"{reason} (one bit of its {field} flipped)"))
+                reason = None
+                yield off, kind, end
+                off = end
+                continue
         else:
             reason, end = "short record header", size
         if end >= size or not _good(mapped, view, end, size):
@@ -384,7 +429,12 @@ class SegmentedLog:
         if (path, offset) in self._reported:
             return
         self._reported.add((path, offset))
-        what = "skipping this record; the one after it is good" if alone else "skipping the rest of this segment"
+        if not alone:
+            what = "skipping the rest of this segment"
+        elif dropped:
+            what = "skipping this record; the one after it is good"
+        else:
+            what = "kept: its CRC holds with that bit flipped back"
         _log.warning("%s: %s at byte offset %d: %s (%d bytes)", path, reason, offset, what, dropped)
         self._counts["corrupt_records"] += 1
         self._counts["bytes_dropped"] += dropped

@@ -16,7 +16,13 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import ringbus
-from ringbus.broker.metrics import PROMETHEUS_BUCKETS, STAGES, SUMMARY_KEYS, WINDOW, SnapshotExchange
+from ringbus.broker.metrics import (
+    PROMETHEUS_BUCKETS,
+    STAGES,
+    SUMMARY_KEYS,
+    WINDOW,
+    SnapshotExchange,
+)
 from ringbus.broker.process import BrokerProcess
 from ringbus.broker.queues import QueueBook
 from ringbus.broker.server import Broker
@@ -93,7 +99,7 @@ def test_counters_and_which_settles_count(book: QueueBook, clock: Clock) -> None
     book.nack("q", tags[1], requeue=False)  # dead-lettered
     book.reject("q", tags[2])
     book.unfetch("q", tags[3])  # never looked at: not processing
-    [(again, message, _)] = book.fetch("q", "c", 1)
+    [(again, _, _)] = book.fetch("q", "c", 1)
     book.ack("q", again)
     stats = book.stats("q")
     assert (stats.sent, stats.delivered, stats.nacked, stats.acked, stats.dead_lettered, stats.redelivered) == \
@@ -256,8 +262,8 @@ def test_scrapes_while_the_loop_is_busy(broker: Broker) -> None:
         try:
             while not stop.is_set():
                 scrape(broker.metrics_url)  # type: ignore[arg-type]
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)  # reported by the test's thread
 
     stop = threading.Event()
     scraper = threading.Thread(target=keep_scraping, args=(stop,))
@@ -295,7 +301,8 @@ def test_a_snapshot_request_without_an_answer_returns_the_last_one() -> None:
 
 # -- the commands ------------------------------------------------------------------------------------------------
 def ringbus_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "ringbus", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, "-m", "ringbus", *args], check=False, capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_broker_command_metrics_port_and_stats_command(tmp_path: Path) -> None:

@@ -59,7 +59,10 @@ class Histogram:
         self._bits, self._top = layout(highest, precision_bits)
         self._n = (self._top - self._bits + 1) << self._bits
         self._counts: list[int] | None = None  # allocated at the first record, like the native one
-        self.reset()
+        self._count = self._sum = self._max = self._hi = 0
+        self._min = _U64  # as the native one: above every value while empty
+        self._lo = self._n  # lowest and highest bucket in use; scans run between them
+
 
     def _index(self, v: int) -> int:
         bits = self._bits

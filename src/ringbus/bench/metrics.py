@@ -23,9 +23,16 @@ import uuid
 from itertools import repeat
 from typing import Callable, Sequence
 
-from ringbus.bench._harness import Case, run_case
 from ringbus.backends.memory import _namespace
-from ringbus.bench.broker import BATCH, PREFETCH, SIZE, _ringbus_consumer, _ringbus_producer, _run_pair
+from ringbus.bench._harness import Case, run_case
+from ringbus.bench.broker import (
+    BATCH,
+    PREFETCH,
+    SIZE,
+    _ringbus_consumer,
+    _ringbus_producer,
+    _run_pair,
+)
 from ringbus.broker.queues import QueueBook
 from ringbus.broker.server import Broker
 from ringbus.bus import QueueOptions, connect

@@ -203,7 +203,11 @@ class BrokerCollector:
         return []  # registering must not ask the loop for a snapshot (it may be the loop registering)
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
         snapshot = self._exchange.request()
         up = GaugeMetricFamily("ringbus_broker_up", "1 while the broker's loop answers scrapes")

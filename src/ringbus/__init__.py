@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+from ringbus import codec  # encode/decode/dumps/loads stay namespaced
 from ringbus._core import IMPLEMENTATION, ArrayRing, PriorityQueue, QueueStatistics, Ring, ShmChannel
+from ringbus.broker.server import Broker
+from ringbus.bus import Bus, QueueStats, Subscription, connect
 from ringbus.errors import Closed, Empty, Full, NotFound, PeerGone, ProtocolError, RingbusError, Unsupported
 from ringbus.message import HeaderValue, Message, SettleHandle, new_id
-from ringbus.bus import Bus, QueueStats, Subscription, connect
-from ringbus.broker.server import Broker
-from ringbus import codec  # noqa: E402  (encode/decode/dumps/loads stay namespaced)
 from ringbus.transport import (
     CurveClient,
     CurveKeypair,

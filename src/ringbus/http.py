@@ -29,8 +29,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 from ringbus.errors import Full, RingbusError
 from ringbus.patterns._jobstore import TERMINAL, JobRecord

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections.abc import Sequence
 from types import GenericAlias
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ringbus._core._checks import checked_count, checked_priority
 from ringbus._core._queue_py import BlockingQueueBase

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ringbus._core._checks import deadline, remaining
 from ringbus.errors import Closed, Empty, Full

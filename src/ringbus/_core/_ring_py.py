@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from types import GenericAlias
-from typing import Any, Generic, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from ringbus._core._checks import checked_count
 from ringbus._core._queue_py import BlockingQueueBase

@@ -13,12 +13,21 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
 from ringbus._core import Ring
+from ringbus.backends._common import (
+    NO_SETTLE,
+    ServiceError,
+    as_message,
+    check_prefetch,
+    check_subscription,
+    reply_message,
+)
 from ringbus.broker.queues import QueueBook
 from ringbus.broker.topics import TopicBook
 from ringbus.bus import (
@@ -34,15 +43,6 @@ from ringbus.bus import (
 )
 from ringbus.errors import Closed, Empty, Full, RingbusError
 from ringbus.message import HeaderValue, Message
-
-from ringbus.backends._common import (
-    NO_SETTLE,
-    ServiceError,
-    as_message,
-    check_prefetch,
-    check_subscription,
-    reply_message,
-)
 
 __all__ = ["MemoryBus"]
 

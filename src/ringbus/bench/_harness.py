@@ -5,8 +5,8 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 # A contender is a function that runs `n` operations and returns the seconds
 # they took (it times itself, so set-up stays out of the figure), or, for a

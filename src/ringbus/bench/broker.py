@@ -26,9 +26,10 @@ import threading
 import time
 import traceback
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import repeat
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import zmq
 
@@ -194,7 +195,7 @@ def _broker() -> Iterator[str]:
 
 # --- peers: are they here? -------------------------------------------------------------
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def redis_missing() -> str | None:
     """Why the Redis rows are left out, or None if Redis is usable."""
     if redis is None:
@@ -208,7 +209,7 @@ def redis_missing() -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rabbit_missing() -> str | None:
     """Why the RabbitMQ rows are left out, or None if RabbitMQ is usable."""
     if pika is None:

@@ -28,7 +28,7 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from ringbus.bench._harness import Case
 from ringbus.broker.process import BrokerProcess

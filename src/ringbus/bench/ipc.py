@@ -6,9 +6,10 @@ import multiprocessing
 import os
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from itertools import repeat
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import zmq

@@ -22,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from ringbus.bench._harness import Case
 from ringbus.bench.convoy import broker_url, pool_run, shutdown

@@ -20,8 +20,8 @@ import argparse
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
 from itertools import repeat
-from typing import Callable, Sequence
 
 from ringbus.backends.memory import _namespace
 from ringbus.bench._harness import Case, run_case

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import multiprocessing
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from ringbus.bench._harness import Case
 from ringbus.patterns.pipeline import Pipeline, Stage

@@ -32,8 +32,8 @@ from typing import Any
 from ringbus.bench._harness import Case
 from ringbus.bench.broker import (
     CHILD_TIMEOUT,
-    SIZE,
     NOTES,
+    SIZE,
     Ready,
     _broker,
     _Children,

@@ -6,7 +6,7 @@ import logging
 import math
 import time
 from collections import OrderedDict, deque
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 from ringbus.errors import ProtocolError
 

@@ -7,7 +7,8 @@ script can split (``--json`` is the form for machines).
 from __future__ import annotations
 
 import sys
-from typing import Any, Mapping, Sequence, TextIO
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
 
 __all__ = ["print_queues", "queue_rows", "latency_rows"]
 

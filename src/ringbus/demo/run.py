@@ -24,18 +24,16 @@ import threading
 import time
 import traceback
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Sequence
+from typing import IO, Any
 
-from ringbus.errors import RingbusError
 from ringbus.demo.display import Display, Progress, make_display
 from ringbus.demo.scenario import (
-    CHECKOUT_QUEUE,
     ENGINE,
     FINAL_TOPIC,
-    INVOICES_QUEUE,
     JOB_PRIORITY,
     ORDERS_QUEUE,
     READY_PREFIX,
@@ -47,6 +45,7 @@ from ringbus.demo.scenario import (
     make_orders,
     percentile,
 )
+from ringbus.errors import RingbusError
 
 __all__ = ["main", "build_parser"]
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 __all__ = [
     # names on the bus, and how the runner talks to its service processes

@@ -29,12 +29,11 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ringbus.bus import Bus, connect
-from ringbus.message import Message
-from ringbus.patterns import RetryPolicy
 from ringbus.demo.scenario import (
     CHECKOUT_QUEUE,
     DECLINED_CARD,
@@ -55,6 +54,8 @@ from ringbus.demo.scenario import (
     flaky_payment,
     render_invoice,
 )
+from ringbus.message import Message
+from ringbus.patterns import RetryPolicy
 
 __all__ = ["ROLES", "main", "build_workflow", "shop_actions", "TOKEN_ENV"]
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 __all__ = ["BackgroundConsumer", "check_positive", "check_count"]
 

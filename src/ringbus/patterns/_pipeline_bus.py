@@ -9,17 +9,19 @@ import json
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from ringbus.bus import Bus, check_name, connect
 from ringbus.errors import RingbusError
 from ringbus.message import Message
-from ringbus.patterns._handling import (send_deduplicated, 
+from ringbus.patterns._handling import (
     ATTEMPTS_HEADER,
     DEAD_FROM,
     DEAD_REASON,
     ERROR_HEADER,
     ERROR_TYPE_HEADER,
+    send_deduplicated,
 )
 from ringbus.patterns._lifecycle import check_count
 from ringbus.patterns._pipeline_stage import DeadLetter, Stage, apply_item, error_text

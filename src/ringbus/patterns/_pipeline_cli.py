@@ -9,7 +9,8 @@ import os
 import select
 import sys
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from ringbus.patterns._pipeline_stage import FLUSH, DeadLetter, PipelineError, Stage, StageFailed
 from ringbus.patterns._pipeline_wire import decode, encode

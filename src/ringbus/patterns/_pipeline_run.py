@@ -14,7 +14,8 @@ import tempfile
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ringbus.errors import Closed, PeerGone
 from ringbus.patterns._pipeline_stage import (

@@ -10,13 +10,13 @@ import pickle
 import signal
 import sys
 import time
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import msgspec
 
 from ringbus.errors import RingbusError
-
 from ringbus.patterns._pipeline_wire import (
     DATA,
     DEAD,

@@ -17,7 +17,8 @@ sender, one PUSH socket per receiver (so that an end-of-stream reaches every rec
 from __future__ import annotations
 
 import threading
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import msgspec
 

@@ -26,10 +26,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from ringbus.bus import Bus, check_name, connect
 from ringbus.errors import Closed, Empty, NotFound, PeerGone, RingbusError

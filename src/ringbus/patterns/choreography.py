@@ -21,9 +21,10 @@ import os
 import sqlite3
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ringbus.bus import Bus, check_name, check_topic, connect
 from ringbus.message import Message, new_id

@@ -28,14 +28,21 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 from ringbus.bus import Bus
 from ringbus.errors import Closed, RingbusError
 from ringbus.message import HeaderValue, Message
-from ringbus.patterns._handling import (ATTEMPTS_HEADER, DEAD_FROM, DEAD_REASON, ERROR_HEADER, ERROR_TYPE_HEADER,
-                                        send_deduplicated)
+from ringbus.patterns._handling import (
+    ATTEMPTS_HEADER,
+    DEAD_FROM,
+    DEAD_REASON,
+    ERROR_HEADER,
+    ERROR_TYPE_HEADER,
+    send_deduplicated,
+)
 from ringbus.patterns._retry import RetryPolicy
 from ringbus.patterns._stats import PatternStats, StatsCounter
 from ringbus.patterns.payload_stores import (

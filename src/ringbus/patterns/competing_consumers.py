@@ -20,8 +20,9 @@ import pickle
 import signal
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from ringbus.bus import QueueOptions, check_name, connect

@@ -39,9 +39,10 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import msgspec
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from ringbus.bus import Bus, QueueOptions, check_name, check_seconds, connect
 from ringbus.message import HeaderValue, Message

@@ -21,8 +21,9 @@ standard input to standard output (see :func:`main`).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 from ringbus.patterns._lifecycle import check_count
 from ringbus.patterns._pipeline_bus import BusPipeline, DeadLetterQueue, parse_kafka_json

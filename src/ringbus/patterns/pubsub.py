@@ -28,13 +28,23 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Literal, Mapping
+from typing import Any, Literal
 
 import msgspec
 
-from ringbus.bus import TOPIC_HEADER, Bus, QueueOptions, Subscription, check_headers, check_name, check_topic, \
-    connect, topic_matcher
+from ringbus.bus import (
+    TOPIC_HEADER,
+    Bus,
+    QueueOptions,
+    Subscription,
+    check_headers,
+    check_name,
+    check_topic,
+    connect,
+    topic_matcher,
+)
 from ringbus.message import HeaderValue, Message, new_id
 from ringbus.patterns._handling import Dispatcher, Reject
 from ringbus.patterns._retry import RetryPolicy

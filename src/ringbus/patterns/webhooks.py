@@ -29,8 +29,9 @@ import ipaddress
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 from ringbus.patterns._retry import RetryPolicy
@@ -179,6 +180,11 @@ class WebhookPolicy:
         host = parts.hostname
         if not host:
             raise ValueError(f"callback_url {url!r} has no host")
+        if not host.isascii():
+            # The resolver here encodes a name by IDNA 2003, httpx by IDNA 2008: "faß.de" is fass.de to one and
+            # xn--fa-hia.de to the other, so the address checked would not be the one connected to.
+            raise ValueError(f"callback_url host {host!r} is not ASCII: give an internationalised name in its "
+                             "IDNA form (xn--...), so the name checked is the one the webhook connects to")
         try:
             addresses = [ipaddress.ip_address(host)]
         except ValueError:

@@ -12,17 +12,18 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import msgspec
 
 from ringbus.bus import Bus, check_seconds, connect
 from ringbus.message import Message, new_id
+from ringbus.patterns._handling import send_deduplicated
 from ringbus.patterns._lifecycle import BackgroundConsumer
 from ringbus.patterns._stats import PatternStats, StatsCounter
 from ringbus.patterns.workflow.definition import RUNTIME
-from ringbus.patterns._handling import send_deduplicated
 from ringbus.patterns.workflow.wire import (
     REPORT_PRIORITY,
     Report,

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from ringbus.patterns._retry import RetryPolicy
 from ringbus.patterns.workflow.definition import (

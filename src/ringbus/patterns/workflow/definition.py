@@ -10,8 +10,8 @@ and ``States.TaskFailed`` (any error but the two timeouts).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Iterable, Mapping, Sequence
 
 from ringbus.patterns._retry import RetryPolicy
 

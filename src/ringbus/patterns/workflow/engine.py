@@ -20,8 +20,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from ringbus.patterns._stats import PatternStats, StatsCounter
 from ringbus.patterns.workflow.definition import (

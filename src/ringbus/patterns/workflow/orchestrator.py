@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from ringbus.bus import Bus
 from ringbus.patterns.workflow.engine import WorkflowStats, workflow_stats

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ringbus.bus import Bus, check_seconds, connect
 from ringbus.patterns.workflow.engine import UnknownWorkflow

@@ -7,7 +7,8 @@ finished, lost - and the clients' requests to start an operation, taken by the s
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 

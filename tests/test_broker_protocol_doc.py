@@ -9,7 +9,8 @@ import ast
 import pathlib
 import re
 import time
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import msgspec
 import pytest

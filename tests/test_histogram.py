@@ -13,9 +13,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from test_csrc import CC, build_and_run
 
 import ringbus._core
+from test_csrc import CC, build_and_run
 
 CORE = Path(ringbus._core.__file__).parent
 PERCENTILES = [0, 1, 10, 25, 50, 75, 90, 95, 99, 99.9, 99.99, 100]

@@ -7,8 +7,9 @@ import logging
 import multiprocessing
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest

@@ -9,7 +9,6 @@ from ringbus.message import Message
 
 from .support import QUIET, WAIT, bodies, in_thread, nothing, one, take, unsupported
 
-
 PUBLISHED = [("order",), ("order", "placed"), ("order", "paid"), ("order", "placed", "eu"), ("orders", "x"),
              ("other", "placed")]
 

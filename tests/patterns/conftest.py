@@ -3,8 +3,9 @@ contract): on a remote backend that is reported as a skip with that sentence, no
 
 from __future__ import annotations
 
+from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
-from typing import Any, Callable, Generator, Iterator
+from typing import Any
 
 import pytest
 

@@ -7,9 +7,9 @@ import importlib.util
 import sys
 import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import Iterator
 
 import pytest
 

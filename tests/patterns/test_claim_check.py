@@ -15,8 +15,9 @@ import sys
 import time
 import tracemalloc
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 

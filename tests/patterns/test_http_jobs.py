@@ -11,8 +11,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -24,8 +25,14 @@ import ringbus  # noqa: E402
 from ringbus.http import JobClient, JobServer, create_app  # noqa: E402
 from ringbus.patterns import RetryPolicy  # noqa: E402
 from ringbus.patterns.async_request_reply import Job, JobCancelled, JobManager, JobWorker  # noqa: E402
-from ringbus.patterns.webhooks import ATTEMPT_HEADER, JOB_HEADER, SIGNATURE_HEADER, WebhookPolicy, sign, \
-    verify_signature  # noqa: E402
+from ringbus.patterns.webhooks import (
+    ATTEMPT_HEADER,
+    JOB_HEADER,
+    SIGNATURE_HEADER,
+    WebhookPolicy,
+    sign,
+    verify_signature,  # noqa: E402
+)
 
 from .bus_fixtures import ROOT, python_env, run_example, thread_broker, url  # noqa: E402,F401 - fixtures
 

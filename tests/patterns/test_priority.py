@@ -16,9 +16,17 @@ import pytest
 
 import ringbus
 from ringbus.patterns import RetryPolicy
-from ringbus.patterns.priority import (AGED_HEADER, LEVEL_HEADER, PRIOR_ATTEMPTS_HEADER, SENT_AT_HEADER,
-                                       PriorityConsumer, PrioritySender, WeightedConsumer, aging_queue,
-                                       declare_priority_queue)
+from ringbus.patterns.priority import (
+    AGED_HEADER,
+    LEVEL_HEADER,
+    PRIOR_ATTEMPTS_HEADER,
+    SENT_AT_HEADER,
+    PriorityConsumer,
+    PrioritySender,
+    WeightedConsumer,
+    aging_queue,
+    declare_priority_queue,
+)
 
 from .bus_fixtures import run_python, thread_broker, url  # noqa: F401 - fixtures
 from .simtime import doc_sample, fresh

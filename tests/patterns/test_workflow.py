@@ -16,8 +16,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -45,13 +46,13 @@ from ringbus.patterns.workflow.wire import TaskMessage, decode_report, encode, r
 from .bus_fixtures import python_env, run_example, thread_broker, url, wait_until  # noqa: F401
 from .workflow_orders import (
     AgentCrash,
-    running,
-    stop_agents,
     CallLog,
     check_operations,
     order_actions,
     order_workflow,
     plan,
+    running,
+    stop_agents,
 )
 
 pytestmark = pytest.mark.timeout(180)

@@ -15,13 +15,14 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import ringbus
-from ringbus.patterns import RetryPolicy
 from ringbus.bus import Bus
+from ringbus.patterns import RetryPolicy
 from ringbus.patterns.scheduler_agent_supervisor import (
     Agent,
     PermanentError,

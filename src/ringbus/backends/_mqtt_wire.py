@@ -24,7 +24,8 @@ from paho.mqtt.properties import Properties
 from ringbus.bus import TOPIC_HEADER, check_topic, topic_matcher
 from ringbus.message import HeaderValue, Message, new_id
 
-__all__ = ["check_prefix", "mqtt_filter", "mqtt_topic", "publish_properties", "ringbus_topic", "to_message"]
+__all__ = ["check_prefix", "mqtt_filter", "mqtt_topic", "properties", "publish_properties", "ringbus_topic",
+           "to_message"]
 
 _P_ID = "ringbus-id"
 _P_TS = "ringbus-ts"
@@ -93,12 +94,17 @@ def ringbus_topic(prefix: str, name: str) -> str | None:
     return name[len(prefix):].replace("/", ".")
 
 
+def properties(packet_type: int) -> Properties:
+    """Empty MQTT 5 properties of a packet type (``PacketTypes.CONNECT``, ...)."""
+    return Properties(packet_type)  # type: ignore[no-untyped-call]  # paho's Properties is not annotated
+
+
 def publish_properties(message: Message) -> Properties:
     """The MQTT 5 PUBLISH properties that carry ``message``'s envelope and headers."""
     for name in message.headers:
         if name in RESERVED:
             raise ValueError(f"header {name!r} is reserved by the mqtt:// backend: it carries a message field")
-    props = Properties(PacketTypes.PUBLISH)
+    props = properties(PacketTypes.PUBLISH)
     props.ContentType = message.content_type
     if message.correlation_id is not None:
         props.CorrelationData = message.correlation_id.encode()

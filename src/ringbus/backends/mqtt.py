@@ -34,7 +34,6 @@ import msgspec
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ringbus.backends._common import NO_SETTLE, as_message, check_subscription
@@ -42,6 +41,7 @@ from ringbus.backends._mqtt_wire import (
     check_prefix,
     mqtt_filter,
     mqtt_topic,
+    properties,
     publish_properties,
     ringbus_topic,
     to_message,
@@ -71,6 +71,7 @@ SUBSCRIBER_BUFFER = 10_000  # messages an ephemeral subscriber may lag before it
 PUBLISH_BACKLOG = 10_000  # publications waiting for their PUBACK (or for the connection to come back)
 RECONNECT_MIN, RECONNECT_MAX = 1, 30  # seconds between reconnection attempts: doubling, bounded
 NEVER_EXPIRES = 0xFFFFFFFF  # MQTT 5 session expiry interval meaning "never"
+FLUSH_FILTER = "ringbus/flush"  # unsubscribed (never subscribed) to learn that the broker read what went before
 
 _QUEUES = ("queues (declare_queue, send, send_many, receive, consume, queue_stats): MQTT has topics only - no "
            "queue that holds a message until one consumer acks it, no leases, attempts, priorities, delays or "
@@ -126,6 +127,7 @@ class _Link:
         self.server = server
         self.client_id = client_id
         self.epoch = 0
+        self._manual_ack = manual_ack
         self._closing = False
         self._connected = threading.Event()
         self._refused: str | None = None
@@ -143,7 +145,7 @@ class _Link:
         if on_message is not None:
             client.on_message = on_message
         self._clean_start = clean_start
-        self._properties = props = Properties(PacketTypes.CONNECT)
+        self._properties = props = properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = session_expiry
         if receive_maximum is not None:
             props.ReceiveMaximum = receive_maximum
@@ -211,7 +213,23 @@ class _Link:
         if refused is not None:
             raise RingbusError(f"{what}: the MQTT broker at {self.server} refused it: {refused}")
 
+    def flush(self) -> None:
+        """Return once the broker has read everything sent so far (or after the timeout).
+
+        A PUBACK has no answer, and closing the socket right after it may reset the connection before the broker
+        read it (then it delivers the message again). The broker answers an UNSUBSCRIBE after what came before it.
+        """
+        if not self._connected.is_set():
+            return
+        answered = threading.Event()
+        self.client.on_unsubscribe = lambda *args: answered.set()  # this link unsubscribes nothing else
+        rc, _ = self.client.unsubscribe(FLUSH_FILTER)
+        if rc == paho.MQTT_ERR_SUCCESS:
+            answered.wait(self.server.timeout)
+
     def close(self) -> None:
+        if self._manual_ack:
+            self.flush()  # the acks sent last must reach the broker
         self._closing = True
         self.client.disconnect()
         self.client.loop_stop()

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from ringbus.broker.queues import Entry, Queue, QueueBook
-from ringbus.bus import QueueOptions
+from ringbus.bus import QueueOptions, check_name
 from ringbus.codec import decode, encode
 from ringbus.errors import ProtocolError, RingbusError
 
@@ -50,6 +50,36 @@ DECLARE, ENQUEUE, REMOVE, REQUEUE, PUBLISH, DELIVERED = 1, 2, 3, 4, 5, 6
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder(list).decode
+
+# The leading fields of each record kind and their types. A record whose CRC holds but whose fields do not match
+# (a bug, or a foreign file) is skipped as unreadable: recovery must never stop the broker from starting.
+_TIME = (int, float, type(None))
+_SHAPES: dict[int, tuple[Any, ...]] = {
+    DECLARE: (str, dict, (str, type(None))),
+    ENQUEUE: (str, int, _TIME, _TIME, (str, type(None)), int, bytes, (bytes, type(None))),
+    REMOVE: (str, list),
+    REQUEUE: (str, int, int, _TIME),
+    PUBLISH: (int, (int, float), bytes, (bytes, type(None))),
+    DELIVERED: (str, list),
+}
+
+
+def _check_record(kind: int, record: list[Any]) -> list[Any]:
+    """``record`` if its fields have the types of its kind; ProtocolError (or ValueError, TypeError) naming why not."""
+    shape = _SHAPES.get(kind)
+    if shape is None:
+        raise ProtocolError(f"unknown record kind {kind}")
+    if len(record) < len(shape) or not all(isinstance(v, t) for v, t in zip(record, shape)):
+        raise ProtocolError(f"fields ({', '.join(type(v).__name__ for v in record)}) do not fit record kind {kind}")
+    if kind == REMOVE and not all(type(seq) is int for seq in record[1]):
+        raise ProtocolError("REMOVE lists a sequence number that is not an int")
+    if kind == DELIVERED and not all(isinstance(p, list) and len(p) == 2 and all(type(n) is int for n in p)
+                                     for p in record[1]):
+        raise ProtocolError("DELIVERED holds a pair that is not [seq, deliveries]")
+    if kind == DECLARE:
+        check_name("queue", record[0])
+        QueueOptions(**record[1])  # TypeError or ValueError for options this version cannot take
+    return record
 
 
 class Store:
@@ -201,9 +231,9 @@ class Store:
         bad = 0
         for lsn, kind, payload in self.log.replay():
             try:
-                record = _decode(payload)
+                record = _check_record(kind, _decode(payload))
                 if kind == ENQUEUE:
-                    live[(record[0], record[1])] = [lsn, *record[2:]]
+                    live[(record[0], record[1])] = [lsn, *record[2:8]]  # later fields: extensions to ignore
                 elif kind == REMOVE:
                     name = record[0]
                     for seq in record[1]:
@@ -223,16 +253,19 @@ class Store:
                     declared[record[0]] = (record[1], record[2])
                 elif kind == PUBLISH:
                     publications.append((lsn, record[0], record[1], record[2], record[3]))
-                else:
-                    raise ProtocolError(f"unknown record kind {kind}")
             except (msgspec.DecodeError, ProtocolError, IndexError, TypeError, ValueError) as exc:
                 bad += 1  # the CRC held but the content does not parse: a bug or a foreign file; skip it
                 log.error("log record at lsn %d (kind %d) is unreadable and was skipped: %s", lsn, kind, exc)
         for name, (options, binding) in declared.items():
-            queues.declare(name, QueueOptions(**options), binding=binding)
+            try:
+                queues.declare(name, QueueOptions(**options), binding=binding)
+                if binding is not None and name.startswith("@"):
+                    topics.bind_recovered(name[1:], binding)
+            except (ProtocolError, TypeError, ValueError) as exc:  # e.g. options that clash with an earlier record
+                bad += 1
+                log.error("queue %r declared in the log cannot be restored and was skipped: %s", name, exc)
+                continue
             self._declared[name] = (options, binding)
-            if binding is not None and name.startswith("@"):
-                topics.bind_recovered(name[1:], binding)
         now_mono, now = time.monotonic(), time.time()
         restored = 0
         for (name, seq), (lsn, ready, expires, dedup_id, deliveries, header, body) in sorted(

@@ -193,7 +193,7 @@ def test_confirmed_sends_survive_a_redis_kill_and_the_bus_reconnects(tmp_path):
     port = _free_port()
     process = _start_redis(port, tmp_path)
     try:
-        with connect(f"redis://127.0.0.1:{port}/0?prefix=restart:") as bus:
+        with connect(f"redis://127.0.0.1:{port}/0?prefix=restart:", reconnect=0.2) as bus:
             bus.declare_queue("jobs")
             confirmed = [bus.send("jobs", b"%d" % i) for i in range(50)]
             process.kill()

@@ -146,6 +146,8 @@ def test_declare_with_invalid_name_raises_value_error(bus, name):
 
 def test_undeclared_queue_is_not_found(bus, names):
     q = names.queue()
+    if unsupported(bus, "queues", lambda: bus.send(q, PAYLOAD)):
+        return  # a backend without queues (mqtt://) refuses them all, as it must
     with pytest.raises(ringbus.NotFound):
         bus.send(q, PAYLOAD)
     with pytest.raises(ringbus.NotFound):

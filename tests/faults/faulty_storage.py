@@ -91,6 +91,7 @@ class FaultyStorage(Storage):
         self.loss_mode = loss_mode
         self.calls: Counter[str] = Counter()
         self.mutations = 0
+        self.steps: list[str] = []  # the operation of each mutating call, in order
         self.image: dict[str, bytes] | None = None  # what survived, once power was lost
         self.lost_at: float | None = None  # clock time of the loss
         self._lock = threading.RLock()
@@ -122,6 +123,7 @@ class FaultyStorage(Storage):
             raise PowerLost(errno.EIO, "simulated power loss: the machine is off")
         if mutating:
             self.mutations += 1
+            self.steps.append(op)
             if self.lose_power_at is not None and self.mutations >= self.lose_power_at:
                 self.power_loss(self.loss_mode)
                 raise PowerLost(errno.EIO, "simulated power loss: the machine is off")

@@ -32,6 +32,7 @@ from ringbus.broker.log import SegmentedLog
 
 from .faulty_storage import MODES, FaultyStorage, write_image
 from .figures import record
+from .recovery_check import recovered_ids
 from .tiers import tiers
 
 POLICIES = ("always", "batch", "never")
@@ -190,7 +191,7 @@ def broker_run(tmp_path: Path, policy: str, seed: int, steps: int) -> Counter[st
         tally["loss_after_workload"] += 1
     lost_at = storage.lost_at if storage.image is not None else time.monotonic()
     write_image(data, storage.power_loss(mode))
-    recovered = _recovered_ids(data)
+    recovered = recovered_ids(data)
     kept = Counter(recovered)
     lost = [mid for mid in confirmed if mid not in acked and mid not in kept]
     tally["confirmed"] += len(confirmed)
@@ -201,22 +202,6 @@ def broker_run(tmp_path: Path, policy: str, seed: int, steps: int) -> Counter[st
     tally["repeated"] += sum(n - 1 for n in kept.values())
     tally["unconfirmed_kept"] += sum(1 for mid in kept if mid not in confirmed)
     return tally
-
-
-def _recovered_ids(data: Path) -> list[str]:
-    """Start a broker on what the disk kept and drain the queue (ids in delivery order)."""
-    with ringbus.Broker(data, "tcp://127.0.0.1:0") as broker, BrokerBus(broker.endpoint, timeout=10.0) as bus:
-        try:
-            depth = bus.queue_stats("orders").depth
-        except ringbus.NotFound:
-            return []
-        ids = []
-        for _ in range(depth):
-            message = bus.receive("orders", timeout=5.0)
-            assert message is not None, "a recovered message was not delivered"
-            ids.append(message.id)
-            message.ack()
-        return ids
 
 
 _STEPS: dict[str, int] = {}

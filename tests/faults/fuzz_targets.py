@@ -221,6 +221,7 @@ def close_all() -> None:
     harness = _harness.pop("broker", None)
     if harness is not None:
         harness.close()
+    _harness.pop("claims", None)
     for path in _harness.pop("dirs", []):
         shutil.rmtree(path, ignore_errors=True)
 

@@ -69,6 +69,7 @@ SUITES: dict[str, Suite] = {s.name: s for s in (
     Suite("leveling", ("ringbus.bench.leveling",), "load-leveling and priority consumers vs plain consumers"),
     Suite("pubsub", ("ringbus.bench.pubsub",), "fan-out vs Redis pub/sub and Redis Streams"),
     Suite("pipeline", ("ringbus.bench.pipeline",), "pipes and filters over ShmChannel vs multiprocessing.Queue"),
+    Suite("backends", ("ringbus.bench.backends",), "the Bus on Redis, RabbitMQ, NATS vs their own clients"),
     Suite("aio", ("ringbus.bench.aio",), "the asyncio API vs the sync API"),
     Suite("metrics", ("ringbus.bench.metrics",), "metrics on vs off"),
 )}

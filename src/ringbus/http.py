@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +115,15 @@ class _Hub:
 
 
 class _BearerAuth:
-    """ASGI middleware: every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise)."""
+    """ASGI middleware: every request but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 otherwise).
 
-    def __init__(self, app: Any, token: str) -> None:
+    ``tokens`` maps each accepted token to its tenant (None: no tenants); the request's tenant goes into the
+    ASGI scope as ``"ringbus.tenant"``.
+    """
+
+    def __init__(self, app: Any, tokens: dict[str, str | None]) -> None:
         self.app = app
-        self._token = token.encode("utf-8")
+        self._tokens = [(token.encode("utf-8"), tenant) for token, tenant in tokens.items()]
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -133,9 +137,11 @@ class _BearerAuth:
             return
         header = next((v for k, v in scope["headers"] if k == b"authorization"), None)
         given = header[7:].strip() if header is not None and header[:7].lower() == b"bearer " else b""
-        # compare_digest takes the same time wherever the first difference is: the token cannot be guessed
-        # byte by byte from response times.
-        if given and hmac.compare_digest(given, self._token):
+        # compare_digest takes the same time wherever the first difference is, and every token is compared:
+        # a token cannot be guessed byte by byte from response times.
+        matches = [tenant for token, tenant in self._tokens if hmac.compare_digest(given, token)]
+        if given and matches:
+            scope["ringbus.tenant"] = matches[0]
             await self.app(scope, receive, send)
             return
         from starlette.responses import JSONResponse
@@ -146,8 +152,9 @@ class _BearerAuth:
         await response(scope, receive, send)
 
 
-def create_app(manager: JobManager, *, token: str | None = None, max_body: int = MAX_BODY, retry_after: int = 1,
-               sse_poll: float = 1.0, sse_keepalive: float = 15.0) -> Any:
+def create_app(manager: JobManager, *, token: str | None = None, tokens: Mapping[str, str] | None = None,
+               max_body: int = MAX_BODY, retry_after: int = 1, sse_poll: float = 1.0,
+               sse_keepalive: float = 15.0) -> Any:
     """The Starlette app serving ``manager``'s jobs (start the manager yourself; the app does not own it).
 
     Parameters
@@ -156,6 +163,9 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
         Started; shared by every request.
     token : str or None
         When set, every request but ``GET /healthz`` needs ``Authorization: Bearer <token>``.
+    tokens : mapping of str to str, optional
+        Instead of ``token``: bearer tokens and the tenant each one acts for. A job belongs to the tenant that
+        submitted it; every other tenant gets 404 for it, as for a job that does not exist.
     max_body : int
         Largest request body in bytes; a bigger one gets 413 before it is read.
     retry_after : int
@@ -182,6 +192,14 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
         raise TypeError(f"manager must be a JobManager, not {type(manager).__name__}")
     if token is not None and (not isinstance(token, str) or not token):
         raise ValueError("token must be a non-empty str or None")
+    if tokens is not None:
+        if token is not None:
+            raise ValueError("give token (one client) or tokens (token -> tenant), not both")
+        if not isinstance(tokens, Mapping) or not tokens or not all(
+                isinstance(k, str) and k and isinstance(v, str) and v for k, v in tokens.items()):
+            raise ValueError("tokens must be a non-empty mapping of bearer token -> tenant name (non-empty strs)")
+    accepted: dict[str, str | None] | None = (dict(tokens) if tokens is not None
+                                              else {token: None} if token is not None else None)
     if isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 1:
         raise ValueError(f"max_body must be a positive int, got {max_body!r}")
     if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 0:
@@ -209,9 +227,11 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def job_or_404(job_id: str) -> JobRecord:
+    async def job_or_404(request: Request) -> JobRecord:
+        job_id = request.path_params["job_id"]
         record = await run_in_threadpool(manager.get, job_id) if len(job_id) <= 64 else None
-        if record is None:
+        # Another tenant's job is answered exactly like a missing one: its existence is not theirs to learn.
+        if record is None or record.tenant != request.scope.get("ringbus.tenant"):
             raise _HTTPError(404, f"no job {job_id!r}")
         return record
 
@@ -232,7 +252,8 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
         try:
             record = await run_in_threadpool(lambda: manager.submit(fields.get("input"),
                                                                     callback_url=fields.get("callback_url"),
-                                                                    priority=fields.get("priority")))
+                                                                    priority=fields.get("priority"),
+                                                                    tenant=request.scope.get("ringbus.tenant")))
         except (TypeError, ValueError) as exc:
             raise _HTTPError(400, str(exc)) from None
         except Full:
@@ -243,7 +264,7 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
                                                            "Retry-After": str(retry_after)})
 
     async def status(request: Request) -> Response:
-        record = await job_or_404(request.path_params["job_id"])
+        record = await job_or_404(request)
         doc = record.as_dict(base(request))
         if record.status == "succeeded":
             return JSONResponse(doc, status_code=303, headers={"Location": doc["links"]["result"]})
@@ -252,7 +273,7 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
         return JSONResponse(doc, headers={"Retry-After": str(retry_after)})
 
     async def result(request: Request) -> Response:
-        record = await job_or_404(request.path_params["job_id"])
+        record = await job_or_404(request)
         found = await run_in_threadpool(manager.result, record.id)
         if found is None:
             what = "has no result" if record.terminal else "has not finished"
@@ -261,7 +282,7 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
         return Response(body, media_type=media_type or "application/octet-stream")
 
     async def cancel(request: Request) -> Response:
-        job_id = request.path_params["job_id"]
+        job_id = (await job_or_404(request)).id
         outcome, record = await run_in_threadpool(manager.cancel, job_id)
         if record is None:
             raise _HTTPError(404, f"no job {job_id!r}")
@@ -273,7 +294,7 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
         raise _HTTPError(409, f"job {job_id} is {record.status} already", job=doc)
 
     async def events(request: Request) -> Response:
-        record = await job_or_404(request.path_params["job_id"])
+        record = await job_or_404(request)
         prefix = base(request)
 
         async def stream() -> Any:
@@ -340,7 +361,7 @@ def create_app(manager: JobManager, *, token: str | None = None, max_body: int =
         Route("/stats", handled(stats), methods=["GET"]),
         Route("/healthz", health, methods=["GET"]),
     ]
-    middleware = [Middleware(_BearerAuth, token=token)] if token is not None else []
+    middleware = [Middleware(_BearerAuth, tokens=accepted)] if accepted is not None else []
     app = Starlette(routes=routes, middleware=middleware, lifespan=lifespan)
     app.state.manager = manager
     return app

@@ -32,6 +32,8 @@ from ringbus.transport._zmq_socket import _check_endpoint, check_timeout, log_sp
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+    from ringbus.transport.curve import CurveClient
+
 __all__ = ["MajordomoClient", "MajordomoWorker", "ServiceError"]
 
 Handler = Callable[[list[bytes]], "bytes | Sequence[bytes]"]
@@ -78,11 +80,14 @@ def _check_context(context: object) -> zmq.Context[Any]:
     return context
 
 
-def _dealer(context: zmq.Context[Any], endpoint: str, linger_ms: int) -> zmq.Socket[bytes]:
-    """A new DEALER connected to the broker (a new routing identity, an empty queue)."""
+def _dealer(context: zmq.Context[Any], endpoint: str, linger_ms: int,
+            curve: CurveClient | None = None) -> zmq.Socket[bytes]:
+    """A new DEALER connected to the broker (a new routing identity, an empty queue), over CURVE if given."""
     sock: zmq.Socket[bytes] = context.socket(zmq.DEALER)
     try:
         sock.linger = linger_ms
+        if curve is not None:
+            curve.apply(sock)
         sock.connect(endpoint)
     except BaseException:
         sock.close(0)
@@ -143,6 +148,8 @@ class MajordomoClient(_Peer):
         Default ``zmq.Context.instance()``.
     linger : float
         Seconds :meth:`close` waits for an unsent request; default 0.
+    curve : ringbus.transport.CurveClient, optional
+        This client's keys and the broker's public key, for a broker started with CURVE.
 
     Notes
     -----
@@ -154,19 +161,21 @@ class MajordomoClient(_Peer):
     (ZeroMQ sockets are not thread-safe): other threads get ``RuntimeError``.
     """
 
-    def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None, linger: float = 0) -> None:
+    def __init__(self, endpoint: str, *, context: zmq.Context[Any] | None = None, linger: float = 0,
+                 curve: CurveClient | None = None) -> None:
         self._endpoint = _check_endpoint(endpoint)
         self._linger = _check_linger(linger)
         self._context = _check_context(context)
+        self._curve = curve  # a CURVE broker's client keys (ringbus.transport.CurveClient)
         self._owner = threading.get_ident()
         self._socket: zmq.Socket[bytes] | None = None
-        self._socket = _dealer(self._context, self._endpoint, self._linger)
+        self._socket = _dealer(self._context, self._endpoint, self._linger, curve)
 
     def _reconnect(self) -> None:
         old, self._socket = self._socket, None
         if old is not None:
             old.close(0)  # whatever is still queued belongs to the request given up on
-        self._socket = _dealer(self._context, self._endpoint, self._linger)
+        self._socket = _dealer(self._context, self._endpoint, self._linger, self._curve)
 
     def _check_owner(self) -> zmq.Socket[bytes]:
         if self._socket is None:
@@ -265,6 +274,8 @@ class MajordomoWorker(_Peer):
     linger : float
         Seconds the socket may take at the end of :meth:`serve` to deliver the
         last reply and DISCONNECT; default 1.0.
+    curve : ringbus.transport.CurveClient, optional
+        This worker's keys and the broker's public key, for a broker started with CURVE.
 
     Notes
     -----
@@ -289,6 +300,7 @@ class MajordomoWorker(_Peer):
         liveness: int = 3,
         context: zmq.Context[Any] | None = None,
         linger: float = 1.0,
+        curve: CurveClient | None = None,
     ) -> None:
         self._endpoint = _check_endpoint(endpoint)
         self._service = _service_bytes(service)
@@ -302,6 +314,7 @@ class MajordomoWorker(_Peer):
         self._lifetime = self._interval * check_count(liveness, "liveness")
         self._context = _check_context(context)
         self._linger = _check_linger(linger)
+        self._curve = curve  # a CURVE broker's client keys (ringbus.transport.CurveClient)
         self._lock = threading.Lock()
         self._serving = False
         self._closed = threading.Event()
@@ -425,7 +438,7 @@ class _Session:
 
     def _connect(self) -> None:
         worker = self._worker
-        sock = self._socket = _dealer(worker._context, worker._endpoint, worker._linger)
+        sock = self._socket = _dealer(worker._context, worker._endpoint, worker._linger, worker._curve)
         self._poller.register(sock, zmq.POLLIN)
         self._broker_expires = time.monotonic() + worker._lifetime
         self._send([b"", W_WORKER, W_READY, worker._service])

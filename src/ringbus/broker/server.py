@@ -45,6 +45,7 @@ from ringbus.codec import decode, encode
 from ringbus.errors import NotFound, ProtocolError, RingbusError
 from ringbus.message import Message
 from ringbus.transport._zmq_socket import recv_nowait, send_frames
+from ringbus.transport.curve import CurveServer
 
 __all__ = ["Broker", "default_data_dir", "DEFAULT_ENDPOINT"]
 
@@ -165,6 +166,11 @@ class Broker:
     metrics_port, metrics_host : int or None, str
         Serve Prometheus ``/metrics`` on ``http://metrics_host:metrics_port`` (0: a free port; see
         ``metrics_url``); None (default) serves none. Needs prometheus-client.
+    curve : ringbus.transport.CurveServer, optional
+        Encrypt every connection with CURVE and admit only the clients whose public keys it lists (connect with
+        ``ringbus.connect(url, curve=CurveClient(...))``; docs/broker.md, "Security"). A CurveServer cannot be
+        made without authorised keys, so a CURVE broker never admits just anyone. Without ``context`` the
+        broker gets a ZeroMQ context of its own (one ZAP authenticator per context).
     """
 
     def __init__(self, data: str | os.PathLike[str] | None = None, bind: str = DEFAULT_ENDPOINT, *,
@@ -173,7 +179,7 @@ class Broker:
                  retention_seconds: float = 24 * 3600.0, retention_bytes: int = 64 * 1024 * 1024,
                  peer_hwm: int = 100_000, context: zmq.Context[Any] | None = None,
                  storage: Storage | None = None, metrics: bool = True, metrics_port: int | None = None,
-                 metrics_host: str = "127.0.0.1") -> None:
+                 metrics_host: str = "127.0.0.1", curve: CurveServer | None = None) -> None:
         if fsync not in ("always", "batch", "never"):
             raise ValueError(f"fsync must be 'always', 'batch' or 'never', got {fsync!r}")
         check_seconds("heartbeat", heartbeat, allow_zero=False)
@@ -196,7 +202,12 @@ class Broker:
         self._metrics_address = (metrics_host, metrics_port)
         self._exporter: MetricsServer | None = None
         self.metrics_url: str | None = None  # http://host:port/metrics once started with a metrics_port
-        self._context = context or zmq.Context.instance()
+        if curve is not None and not isinstance(curve, CurveServer):
+            raise TypeError(f"curve must be a ringbus.transport.CurveServer or None, not {type(curve).__name__}")
+        self._curve = curve
+        self._own_context = zmq.Context() if curve is not None and context is None else None
+        self._context = context or self._own_context or zmq.Context.instance()
+        self._auth: Any = None  # the CURVE authenticator (ZAP handler) while serving
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread: threading.Thread | None = None
@@ -271,6 +282,10 @@ class Broker:
             socket = getattr(self, "_socket", None)
             if socket is not None:
                 socket.close(linger=0)
+            if self._auth is not None:
+                self._auth.stop()
+            if self._own_context is not None:
+                self._own_context.term()
 
     def _setup(self) -> None:
         self._ready_queues: set[str] = set()  # before recovery: recovering may make queues ready
@@ -298,6 +313,9 @@ class Broker:
         socket.setsockopt(zmq.MAXMSGSIZE, self._max_message + 64 * 1024)  # refuse a huge frame before allocating
         socket.setsockopt(zmq.SNDHWM, self._peer_hwm)
         socket.setsockopt(zmq.RCVHWM, 100_000)
+        if self._curve is not None:
+            self._auth = self._curve.start_authenticator(self._context)
+            self._curve.apply(socket)
         socket.bind(self.bind_address)
         self.endpoint = socket.getsockopt_string(zmq.LAST_ENDPOINT)
         host, port = self._metrics_address

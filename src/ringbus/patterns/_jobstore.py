@@ -43,14 +43,15 @@ CREATE TABLE IF NOT EXISTS jobs (
     hook_attempts INTEGER NOT NULL DEFAULT 0,
     hook_next REAL,
     hook_error TEXT,
-    rev INTEGER NOT NULL DEFAULT 0
+    rev INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT
 );
 CREATE INDEX IF NOT EXISTS jobs_hook_due ON jobs (hook_state, hook_next);
 CREATE INDEX IF NOT EXISTS jobs_finished ON jobs (finished);
 """
 
 _COLUMNS = ("id, status, attempts, done, note, cancel_requested, created, started, finished, updated, error, "
-            "result_type, length(result), callback_url, hook_state, hook_attempts, hook_next, hook_error, rev")
+            "result_type, length(result), callback_url, hook_state, hook_attempts, hook_next, hook_error, rev, tenant")
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,7 @@ class JobRecord:
     hook_next: float | None
     hook_error: str | None
     rev: int  # bumped on every change: server-sent events send a record once per rev
+    tenant: str | None = None  # who submitted it, when the HTTP app maps bearer tokens to tenants
 
     @property
     def terminal(self) -> bool:
@@ -129,6 +131,8 @@ class JobStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
+        if "tenant" not in {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}:
+            self._db.execute("ALTER TABLE jobs ADD COLUMN tenant TEXT")  # a file made before tenants existed
         self._closed = False
 
     def __repr__(self) -> str:
@@ -157,11 +161,11 @@ class JobStore:
         row = db.execute(f"SELECT {_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
         return None if row is None else _record(row)
 
-    def create(self, job_id: str, callback_url: str | None, now: float) -> JobRecord:
+    def create(self, job_id: str, callback_url: str | None, now: float, tenant: str | None = None) -> JobRecord:
         with self._tx() as db:
-            db.execute("INSERT INTO jobs (id, status, created, updated, callback_url, hook_state) "
-                       "VALUES (?, 'queued', ?, ?, ?, ?)",
-                       (job_id, now, now, callback_url, None if callback_url is None else "waiting"))
+            db.execute("INSERT INTO jobs (id, status, created, updated, callback_url, hook_state, tenant) "
+                       "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
+                       (job_id, now, now, callback_url, None if callback_url is None else "waiting", tenant))
             return self._row(db, job_id)  # type: ignore[return-value]
 
     def remove(self, job_id: str) -> None:
@@ -301,6 +305,7 @@ class JobStore:
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
     (job_id, status, attempts, done, note, cancel, created, started, finished, updated, error, result_type,
-     result_size, callback_url, hook_state, hook_attempts, hook_next, hook_error, rev) = row
+     result_size, callback_url, hook_state, hook_attempts, hook_next, hook_error, rev, tenant) = row
     return JobRecord(job_id, status, attempts, done, note, bool(cancel), created, started, finished, updated, error,
-                     result_type, result_size, callback_url, hook_state, hook_attempts, hook_next, hook_error, rev)
+                     result_type, result_size, callback_url, hook_state, hook_attempts, hook_next, hook_error, rev,
+                     tenant)

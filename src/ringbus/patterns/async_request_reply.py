@@ -255,8 +255,11 @@ class JobManager:
         bus.declare_queue(self.status_queue, durable=True, max_attempts=10, visibility_timeout=60.0)
 
     # -- what the HTTP app calls ------------------------------------------------------------------------------
-    def submit(self, input: Any = None, *, callback_url: str | None = None, priority: int | None = None) -> JobRecord:
+    def submit(self, input: Any = None, *, callback_url: str | None = None, priority: int | None = None,
+               tenant: str | None = None) -> JobRecord:
         """Record a job and put it on the queue; return its record (status ``queued``).
+
+        ``tenant`` records who submitted it (the HTTP app, with ``tokens``, shows a job only to its tenant).
 
         Raises
         ------
@@ -280,7 +283,9 @@ class JobManager:
                 raise ValueError("callback_url given but this server has no webhook secret configured")
             callback_url = self.webhooks.validate(callback_url)
         job_id = new_id()
-        record = self.store.create(job_id, callback_url, self._clock())
+        if tenant is not None and not isinstance(tenant, str):
+            raise TypeError(f"tenant must be a str or None, not {type(tenant).__name__}")
+        record = self.store.create(job_id, callback_url, self._clock(), tenant)
         try:
             self._on_bus(lambda bus: send_deduplicated(bus, self.queue, body, job_id, priority=priority,
                                                        headers={JOB_HEADER: job_id}))

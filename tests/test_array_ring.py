@@ -32,7 +32,8 @@ def records(start, stop, dtype=RECORD):
 # --------------------------------------------------------------------------- round trips
 
 
-@pytest.mark.parametrize("dtype", ["f8", "<i4", ">i8", "u1", "c16", "M8[ns]", "V7", RECORD, "i4,f8", [("a", "f4", (3,))]])
+@pytest.mark.parametrize("dtype", ["f8", "<i4", ">i8", "u1", "c16", "M8[ns]", "V7", RECORD, "i4,f8",
+                                   [("a", "f4", (3,))]])
 def test_round_trip_keeps_bytes_and_dtype(impl, dtype):
     dt = np.dtype(dtype)
     ar = impl.ArrayRing(dt, 10)

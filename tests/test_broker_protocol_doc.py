@@ -177,7 +177,8 @@ def test_limits_and_on_disk_format_match_the_code() -> None:
     assert segment_log.FILE_HEADER == b"RBLOG" + bytes((1, 0, 0))
     assert segment_log.RECORD_HEADER.format == "<IIB"
     kinds = dict(re.findall(r"^\| (\d) \| ([A-Z]+) \|", part, re.MULTILINE))
-    assert kinds == {str(getattr(store, name)): name for name in ("DECLARE", "ENQUEUE", "REMOVE", "REQUEUE", "PUBLISH", "DELIVERED")}
+    names = ("DECLARE", "ENQUEUE", "REMOVE", "REQUEUE", "PUBLISH", "DELIVERED")
+    assert kinds == {str(getattr(store, name)): name for name in names}
 
 
 def run_guide_block(marker: str, endpoint: str) -> dict[str, Any]:

@@ -40,7 +40,8 @@ def header(*elements: Any, prefix: bytes = PREFIX) -> bytes:
 
 
 # A valid envelope whose meta is an array nested 60 000 deep: msgspec's recursion guard.
-DEEP_META = PREFIX + b"\x9b\x01\xa1x\xc0\x00\x80\xcb" + bytes(8) + b"\x00\xc0\xc0\xa1t\x81\xa1m" + b"\x91" * 60_000 + b"\x90"
+DEEP_META = (PREFIX + b"\x9b\x01\xa1x\xc0\x00\x80\xcb" + bytes(8) + b"\x00\xc0\xc0\xa1t\x81\xa1m"
+             + b"\x91" * 60_000 + b"\x90")
 
 
 def encode_framed(message: Message) -> list[Any]:

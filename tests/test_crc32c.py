@@ -74,7 +74,8 @@ def test_value_accepts_integer_likes(crc32c) -> None:
     assert crc32c(b"6789", np.uint32(crc32c(b"12345"))) == 0xE3069283
 
 
-@given(data=st.binary(max_size=600), offset=st.integers(0, 15), cut=st.integers(0, 600), value=st.integers(0, 2**32 - 1))
+@given(data=st.binary(max_size=600), offset=st.integers(0, 15), cut=st.integers(0, 600),
+       value=st.integers(0, 2**32 - 1))
 def test_native_matches_twin_at_every_length_and_alignment(data: bytes, offset: int, cut: int, value: int) -> None:
     c = native().crc32c
     view = memoryview(bytes(offset) + data)[offset:]  # the same bytes at another address alignment

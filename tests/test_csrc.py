@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 CC = shutil.which("cc") or shutil.which("gcc")
 
-pytestmark = pytest.mark.skipif(CC is None or not CSRC.is_dir(), reason="needs a C compiler and the source tree's csrc/")
+pytestmark = pytest.mark.skipif(CC is None or not CSRC.is_dir(),
+                                reason="needs a C compiler and the source tree's csrc/")
 
 SANITIZERS = {
     "thread": ["-fsanitize=thread"],
@@ -23,7 +24,8 @@ SANITIZERS = {
 def build_and_run(tmp_path: Path, source: str, sanitizer: str) -> subprocess.CompletedProcess[str]:
     binary = tmp_path / f"{Path(source).stem}-{sanitizer}"
     flags = ["-std=gnu11", "-O1", "-g", "-pthread", "-DRINGBUS_DEBUG=1", f"-I{CSRC}", *SANITIZERS[sanitizer]]
-    subprocess.run([CC, *flags, str(CSRC / "tests" / source), "-o", str(binary)], check=True, capture_output=True, text=True)
+    subprocess.run([CC, *flags, str(CSRC / "tests" / source), "-o", str(binary)], check=True, capture_output=True,
+                   text=True)
     return subprocess.run([str(binary)], capture_output=True, text=True, timeout=300)
 
 

@@ -17,6 +17,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +140,7 @@ def test_api_shows_a_declared_queue_and_follows_its_depth(dashboard: str, bus: A
 def test_rates_come_from_successive_snapshots(dashboard: str, bus: Any, queue: str, eventually: Wait,
                                               http: Any) -> None:
     eventually(lambda: api_row(http, dashboard, queue), f"{queue} in /api/queues")
-    for i in range(12):
+    for _ in range(12):
         bus.send(queue, b"x")
     eventually(lambda: (api_row(http, dashboard, queue) or {}).get("sent") == 12, "12 sends counted")
     eventually(lambda: len(http.get(f"{dashboard}/api/history").json()["queues"][queue]["t"]) >= 3,
@@ -149,7 +150,7 @@ def test_rates_come_from_successive_snapshots(dashboard: str, bus: Any, queue: s
     assert series["send_rate"][0] is None  # no rate before a second snapshot
     assert series["depth"][-1] == 12
     # rate x time between snapshots adds up to what was sent (the broker counted all 12 after the first one)
-    sent = sum(rate * (t1 - t0) for rate, t0, t1 in zip(series["send_rate"][1:], series["t"], series["t"][1:]))
+    sent = sum(rate * (t1 - t0) for rate, (t0, t1) in zip(series["send_rate"][1:], pairwise(series["t"]), strict=True))
     assert sent == pytest.approx(12, rel=0.05)
     assert all(rate is None or rate >= 0 for rate in series["send_rate"])
 
@@ -377,7 +378,7 @@ def test_page_escapes_queue_names_and_charts_latency(browser: Any, tmp_path: Pat
         eventually(lambda: page_cell(browser, HOSTILE, "name") == HOSTILE, "the page to list the foreign name as text")
         browser.execute_script("""[...document.querySelectorAll('#queue-rows tr')]
                                   .find(r => r.dataset.queue === arguments[0]).click()""", HOSTILE)
-        for i in range(3):
+        for _ in range(3):
             bus.send("work", b"x")
             time.sleep(INTERVAL * 2)  # spread the sends over snapshots so the latency line has points to join
         eventually(lambda: page_cell(browser, HOSTILE, "depth") == "3", "the foreign name's depth to follow work's")

@@ -86,7 +86,8 @@ def test_large_sample_against_numpy(Histogram: type) -> None:
 
 def test_empty_reports_zero(Histogram: type) -> None:
     h = Histogram()
-    assert (h.count, h.sum, h.min, h.max, h.mean, h.percentile(99), h.count_at_or_below(10**9)) == (0, 0, 0, 0, 0.0, 0, 0)
+    empty = (h.count, h.sum, h.min, h.max, h.mean, h.percentile(99), h.count_at_or_below(10**9))
+    assert empty == (0, 0, 0, 0, 0.0, 0, 0)
     assert h.buckets() == []
 
 

@@ -130,7 +130,7 @@ class RingMachine(RuleBasedStateMachine):
         got = self.q.get_many(n)
         expected = [self.model.popleft() for _ in range(min(n, len(self.model)))]
         assert len(got) == len(expected)
-        assert all(a is b for a, b in zip(got, expected))
+        assert all(a is b for a, b in zip(got, expected, strict=True))
 
     @rule()
     def clear(self):
@@ -267,7 +267,7 @@ class PriorityQueueMachine(RuleBasedStateMachine):
         expected = [entry[2] for entry in self.model[:n]]
         del self.model[:n]
         assert len(got) == len(expected)
-        assert all(a is b for a, b in zip(got, expected))
+        assert all(a is b for a, b in zip(got, expected, strict=True))
 
     @rule()
     def clear(self):

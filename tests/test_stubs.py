@@ -35,12 +35,15 @@ def stub_members(node: ast.ClassDef) -> tuple[dict[str, list[tuple[str, str | No
             continue
         args = fn.args.posonlyargs + fn.args.args
         defaults = [None] * (len(args) - len(fn.args.defaults)) + [ast.unparse(d) for d in fn.args.defaults]
-        methods[fn.name] = [(a.arg, d) for a, d in zip(args, defaults)][1:]
+        methods[fn.name] = [(a.arg, d) for a, d in zip(args, defaults, strict=True)][1:]
     return methods, properties
 
 
 def native_signature(method) -> list[tuple[str, str | None]]:
-    """Parameters from the signature Cython embeds in the docstring, e.g. 'Ring.put(self, item, bool block=True, timeout=None)'."""
+    """Parameters from the signature Cython embeds in the docstring.
+
+    E.g. 'Ring.put(self, item, bool block=True, timeout=None)'.
+    """
     first = method.__doc__.splitlines()[0]
     m = re.fullmatch(r"\w+\.\w+\((.*)\)", first)
     assert m, f"no embedded signature in {first!r}"

@@ -10,11 +10,13 @@ import sys
 import textwrap
 import threading
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
 
-pytest.importorskip("opentelemetry.sdk", reason="the otel extra (opentelemetry-api, opentelemetry-sdk) is not installed")
+pytest.importorskip("opentelemetry.sdk",
+                    reason="the otel extra (opentelemetry-api, opentelemetry-sdk) is not installed")
 
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -96,7 +98,7 @@ def test_a_handler_s_sends_join_the_flow(spans: Spans, memory_url: str) -> None:
         assert invoice is not None
         invoice.ack()
     chain = [spans.one(n) for n in ("send orders", "process orders", "send invoices", "process invoices")]
-    for child, parent in zip(chain[1:], chain):
+    for parent, child in pairwise(chain):
         assert_child(child, parent)
 
 
@@ -121,8 +123,8 @@ def test_across_the_broker_and_a_consumer_in_another_process(spans: Spans, tmp_p
         producer.declare_queue("jobs")
         with spans.tracer.start_as_current_span("upload"):
             producer.send("jobs", b"resize photo 7")
-        child = subprocess.run([sys.executable, "-c", consumer, broker.endpoint], check=False, capture_output=True, text=True,
-                               timeout=60)
+        child = subprocess.run([sys.executable, "-c", consumer, broker.endpoint], check=False, capture_output=True,
+                               text=True, timeout=60)
     assert child.returncode == 0, child.stderr
     seen = json.loads(child.stdout)
     send = spans.one("send jobs")

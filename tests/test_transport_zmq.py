@@ -214,7 +214,7 @@ def test_timeouts_raise_empty_and_full(tmp_path: Path) -> None:
     with Pusher(f"ipc://{tmp_path}/nobody.sock", bind=False, hwm=3, linger=0) as tx:
         sent = 0
         with pytest.raises(Full):
-            for sent in range(1, 1000):
+            for sent in range(1, 1000):  # noqa: B007 - read after the loop: the attempt that raised Full
                 tx.send(Message(b"x"), timeout=0.02)
         assert 1 < sent < 1000
 
@@ -444,7 +444,7 @@ def test_a_late_reply_to_a_timed_out_request_is_discarded(raw: Callable[[int], z
 
 
 def test_recv_and_reply_by_hand(raw: Callable[[int], zmq.Socket[bytes]]) -> None:
-    with Replier(LOCAL, linger=0) as rep, Requester(rep.endpoint, linger=0) as req:
+    with Replier(LOCAL, linger=0) as rep, Requester(rep.endpoint, linger=0):
         # A plain REQ socket speaks to the Replier too.
         plain = raw(zmq.REQ)
         plain.connect(rep.endpoint)
@@ -666,11 +666,13 @@ def test_curve_serves_authorised_clients_only(threads: ThreadGroup, caplog: pyte
     server, client, intruder = curve_keypair(), curve_keypair(), curve_keypair()
     stop = threading.Event()
     with caplog.at_level(logging.WARNING, logger="ringbus.transport"):
-        endpoint, rep = serve_in_thread(threads, echo, stop, curve=CurveServer(server.secret, server.public, [client.public]))
+        endpoint, rep = serve_in_thread(threads, echo, stop,
+                                        curve=CurveServer(server.secret, server.public, [client.public]))
         try:
             with Requester(endpoint, linger=0, curve=CurveClient(client.secret, client.public, server.public)) as ok:
                 assert ok.request(Message(b"let me in"), timeout=T).body == b"let me in"
-            with Requester(endpoint, linger=0, curve=CurveClient(intruder.secret, intruder.public, server.public)) as bad:
+            intruder_curve = CurveClient(intruder.secret, intruder.public, server.public)
+            with Requester(endpoint, linger=0, curve=intruder_curve) as bad:
                 with pytest.raises(Empty):
                     bad.request(Message(b"intruder"), timeout=0.3)
             wait_until(lambda: rep.statistics().auth_refused >= 1, "the authenticator to count the refusal")
@@ -688,8 +690,10 @@ def test_curve_serves_authorised_clients_only(threads: ThreadGroup, caplog: pyte
 
 def test_curve_push_pull_round_trip() -> None:
     server, client = curve_keypair(), curve_keypair()
-    with Puller(LOCAL, bind=True, linger=0, curve=CurveServer(server.secret, server.public, [client.public])) as rx, \
-            Pusher(rx.endpoint, bind=False, linger=0, curve=CurveClient(client.secret, client.public, server.public)) as tx:
+    server_curve = CurveServer(server.secret, server.public, [client.public])
+    client_curve = CurveClient(client.secret, client.public, server.public)
+    with Puller(LOCAL, bind=True, linger=0, curve=server_curve) as rx, \
+            Pusher(rx.endpoint, bind=False, linger=0, curve=client_curve) as tx:
         tx.send(Message(b"secret"), timeout=T)
         assert rx.recv(timeout=T).body == b"secret"
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ContextManager
 
 import pytest
 
@@ -28,7 +27,7 @@ CONTRACT_TIMEOUT = 90
 
 @dataclass(frozen=True)
 class Backend:
-    start: Callable[[pytest.TempPathFactory], ContextManager[str]]
+    start: Callable[[pytest.TempPathFactory], AbstractContextManager[str]]
     shared: bool  # True: one start for the session; False: one start per test
 
 

@@ -1,6 +1,7 @@
 """Fixtures of the messaging and competing-consumers tests: each test runs on memory:// and on the broker.
 
-Import them into a test module (``from .bus_fixtures import queue, thread_broker, url``).
+tests/patterns/conftest.py imports the fixtures (``queue``, ``thread_broker``, ``url``), so every test module
+here has them.
 """
 
 from __future__ import annotations

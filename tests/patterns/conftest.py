@@ -11,7 +11,8 @@ import pytest
 
 import ringbus
 
-from .bus_fixtures import REMOTE_BACKENDS
+# the fixtures every test module here runs on (memory://, the broker, the remote backends), found by pytest here
+from .bus_fixtures import REMOTE_BACKENDS, queue, thread_broker, url  # noqa: F401
 
 
 @pytest.hookimpl(hookwrapper=True)

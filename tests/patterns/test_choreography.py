@@ -8,6 +8,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from itertools import pairwise
 from pathlib import Path
 from types import ModuleType
 
@@ -17,7 +18,7 @@ import ringbus
 from ringbus.message import Message
 from ringbus.patterns.choreography import CORRELATION_HEADER, EVENT_HEADER, Context, Event, EventLog, Service
 
-from .bus_fixtures import ROOT, WAIT, run_python, thread_broker, url, wait_until  # noqa: F401 - fixtures
+from .bus_fixtures import ROOT, WAIT, run_python, wait_until
 from .test_pubsub import several_groups_at_once
 
 pytestmark = pytest.mark.timeout(180)
@@ -80,7 +81,7 @@ def test_1000_orders_each_ends_shipped_or_cancelled_and_is_traceable(url: str, t
         names = [event.name for event in flow]
         assert names == expected_flow(number), cid  # nothing stuck, nothing twice, in causal order
         assert flow[0].causation_id is None and flow[0].correlation_id == cid
-        for cause, effect in zip(flow, flow[1:]):
+        for cause, effect in pairwise(flow):
             assert effect.causation_id == cause.id and effect.correlation_id == cid  # carried automatically
         assert [event.source for event in flow] == [SOURCES[name] for name in names]
         assert flow[-1].data["order_id"] == cid

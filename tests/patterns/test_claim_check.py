@@ -39,7 +39,7 @@ from ringbus.patterns.claim_check import (
 )
 from ringbus.patterns.payload_stores import LocalStore, PayloadStore, RedisStore, S3Store, check_key
 
-from .bus_fixtures import python_env, run_example, run_python, thread_broker, url  # noqa: F401 - fixtures
+from .bus_fixtures import python_env, run_example, run_python
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -29,7 +29,7 @@ from ringbus.patterns.competing_consumers import Reject, WorkerPool
 from ringbus.patterns.idempotency import MemoryDedupStore, SQLiteDedupStore
 
 from . import pool_workers
-from .bus_fixtures import WAIT, python_env, queue, run_example, thread_broker, url, wait_until  # noqa: F401 - fixtures
+from .bus_fixtures import WAIT, python_env, run_example, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -245,7 +245,7 @@ def test_backoff_delays_grow(url: str, queue: str, jitter: bool) -> None:
     assert failures == [1, 2, 3, 4]  # a nack with a delay after each failure but the last
     ceilings = [0.01, 0.02, 0.04, 0.05]  # base * factor ** (n - 1), capped at max_delay
     if jitter:
-        assert all(0.0 <= d <= c for d, c in zip(delays, ceilings))
+        assert all(0.0 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     else:
         assert delays == pytest.approx(ceilings)
 

@@ -29,7 +29,7 @@ from ringbus.patterns.convoy import (
     held_queue_name,
 )
 
-from .bus_fixtures import WAIT, queue, run_example, thread_broker, url, wait_until  # noqa: F401 - fixtures
+from .bus_fixtures import WAIT, run_example, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 

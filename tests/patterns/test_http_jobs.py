@@ -25,16 +25,16 @@ import ringbus  # noqa: E402
 from ringbus.http import JobClient, JobServer, create_app  # noqa: E402
 from ringbus.patterns import RetryPolicy  # noqa: E402
 from ringbus.patterns.async_request_reply import Job, JobCancelled, JobManager, JobWorker  # noqa: E402
-from ringbus.patterns.webhooks import (
+from ringbus.patterns.webhooks import (  # noqa: E402
     ATTEMPT_HEADER,
     JOB_HEADER,
     SIGNATURE_HEADER,
     WebhookPolicy,
     sign,
-    verify_signature,  # noqa: E402
+    verify_signature,
 )
 
-from .bus_fixtures import ROOT, python_env, run_example, thread_broker, url  # noqa: E402,F401 - fixtures
+from .bus_fixtures import ROOT, python_env, run_example  # noqa: E402
 
 pytestmark = pytest.mark.integration
 

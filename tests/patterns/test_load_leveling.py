@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,7 @@ import ringbus
 from ringbus.patterns import RetryPolicy
 from ringbus.patterns.load_leveling import LevelledConsumer, LevelledProducer, TokenBucket
 
-from .bus_fixtures import run_python, thread_broker, url  # noqa: F401 - fixtures
+from .bus_fixtures import run_python
 from .simtime import AutoClock, ManualClock, doc_sample, fresh
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,7 +37,7 @@ def test_token_bucket_grants_burst_then_one_per_interval_in_simulated_time():
     # 5 saved-up tokens at t=0, then one every 1/10 s: the 25th at t = 20 / 10 = 2.0 s
     assert grant_times[:5] == [0.0] * 5
     assert grant_times[-1] == pytest.approx(2.0)
-    gaps = [b - a for a, b in zip(grant_times[5:], grant_times[6:])]
+    gaps = [b - a for a, b in pairwise(grant_times[5:])]
     assert gaps == pytest.approx([0.1] * 19)
     # empty bucket: a timeout shorter than the wait fails after sleeping only the timeout
     before = clock.now()
@@ -148,8 +149,8 @@ def test_burst_of_ten_times_the_rate_is_queued_bounded_and_drained_at_the_rate(u
                 clock.advance(TICK)
                 # Let the consumer do all it may at this time: it ends asleep until a later time (out of
                 # tokens), or idle with everything handled.
-                until(lambda: clock.sleepers() > 0 or consumer.stats().processed == accepted,
-                           "the consumer to catch up with the simulated clock")
+                until(lambda done=accepted: clock.sleepers() > 0 or consumer.stats().processed == done,
+                      "the consumer to catch up with the simulated clock")
         finally:
             consumer.stop(timeout=0)  # stop taking work, then wake it if it sleeps in simulated time
             clock.close()

@@ -11,7 +11,7 @@ from ringbus.message import Message
 from ringbus.patterns import RetryPolicy
 from ringbus.patterns.messaging import Consumer, Producer
 
-from .bus_fixtures import WAIT, queue, run_example, thread_broker, url, wait_until  # noqa: F401 - fixtures
+from .bus_fixtures import WAIT, run_example, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -33,7 +33,7 @@ from ringbus.patterns.pipeline import (
 )
 
 from . import pipeline_stages as st
-from .bus_fixtures import python_env, run_example, thread_broker, url, wait_until  # noqa: F401 - fixtures
+from .bus_fixtures import python_env, run_example, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from ringbus.patterns.priority import (
     declare_priority_queue,
 )
 
-from .bus_fixtures import run_python, thread_broker, url  # noqa: F401 - fixtures
+from .bus_fixtures import run_python
 from .simtime import doc_sample, fresh
 
 pytestmark = pytest.mark.timeout(120)
@@ -242,7 +243,7 @@ def test_weighted_max_wait_gives_a_starved_queue_a_turn(url):
 
     guarded, stats = results[10.0]
     turns = [i for i, name in enumerate(guarded.order) if name == "low"]
-    gaps = [b - a for a, b in zip([-1] + turns, turns)]
+    gaps = [b - a for a, b in pairwise([-1, *turns])]
     print(f"\n{url}: with max_wait=10 (simulated s, 1 per message) lows at turns {turns}")
     assert len(turns) == lows and max(gaps) <= 11 and stats.aged >= lows - 1
     assert min(guarded.highs_waiting_at_low) == highs

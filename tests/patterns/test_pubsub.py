@@ -22,7 +22,7 @@ from ringbus.message import Message
 from ringbus.patterns import RetryPolicy
 from ringbus.patterns.pubsub import SEQUENCE_HEADER, Publisher, Reject, Subscriber, topic_of
 
-from .bus_fixtures import WAIT, python_env, run_example, thread_broker, url, wait_until  # noqa: F401 - fixtures
+from .bus_fixtures import WAIT, python_env, run_example, wait_until
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -110,7 +110,7 @@ def test_one_publisher_eight_durable_subscribers_each_gets_every_event_in_publis
     patterns = [f"{name}.#"] * 3 + [f"{name}.*.created"] * 3 + [f"{name}.eu.*"] * 2
     recorders = [Recorder() for _ in patterns]
     subscribers = [Subscriber(url, pattern, recorder, group=f"{name}-g{i}", durable=True).start()
-                   for i, (pattern, recorder) in enumerate(zip(patterns, recorders))]
+                   for i, (pattern, recorder) in enumerate(zip(patterns, recorders, strict=True))]
     try:
         with ringbus.connect(url) as bus:
             publisher = Publisher(bus)
@@ -119,11 +119,12 @@ def test_one_publisher_eight_durable_subscribers_each_gets_every_event_in_publis
                 published += publish(bus, publisher, f"{name}.{'eu' if k // CHUNK % 2 == 0 else 'us'}.created", CHUNK)
         eu = [event for event in published if event[0] == f"{name}.eu.created"]
         expected = [eu if pattern.endswith(".eu.*") else published for pattern in patterns]
-        wait_until(lambda: all(len(r) >= len(e) for r, e in zip(recorders, expected)), "every subscriber has its events")
+        wait_until(lambda: all(len(r) >= len(e) for r, e in zip(recorders, expected, strict=True)),
+                   "every subscriber has its events")
     finally:
         stop_all(subscribers)
     assert len(published) == EVENTS and len(eu) == EVENTS // 2
-    for recorder, subscriber, events in zip(recorders, subscribers, expected):
+    for recorder, subscriber, events in zip(recorders, subscribers, expected, strict=True):
         assert recorder.seen == events  # all of them, each once, in publish order
         stats = subscriber.stats()
         assert (stats.processed, stats.failed, stats.dropped, stats.lag) == (len(events), 0, 0, 0)

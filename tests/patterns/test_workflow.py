@@ -43,7 +43,7 @@ from ringbus.patterns.scheduler_agent_supervisor import (
 )
 from ringbus.patterns.workflow.wire import TaskMessage, decode_report, encode, results_queue, tasks_queue
 
-from .bus_fixtures import python_env, run_example, thread_broker, url, wait_until  # noqa: F401
+from .bus_fixtures import python_env, run_example, wait_until
 from .workflow_orders import (
     AgentCrash,
     CallLog,
@@ -138,7 +138,8 @@ def test_orders_complete_or_compensate(url: str, tmp_path: Path, peers: list[Pee
                 peers.append(hanging)
             engine.submit_many(bus, [orders[i] for i in ids], operation_ids=ids)
             if hanging is not None:
-                wait_until(lambda: any(r["pid"] == hanging.pid for r in log.records()), "the hanging agent began a task")
+                wait_until(lambda: any(r["pid"] == hanging.pid for r in log.records()),
+                           "the hanging agent began a task")
                 hanging.kill()
             agents = start_agents(url, name, log, 6, crash_once=crash_once)
             wait_until(lambda: finished(engine.store) == ORDERS, f"{ORDERS} operations finished", 120)
@@ -181,7 +182,7 @@ def test_engine_killed_and_restarted(tmp_path: Path, peers: list[Peer]) -> None:
                 bus.close()
             unfinished_at_kill = []
             for fraction in (3, 2):  # kill when a third, then when half, of the orders are done
-                wait_until(lambda: finished(store) >= ORDERS // fraction, f"1/{fraction} finished", 120)
+                wait_until(lambda part=ORDERS // fraction: finished(store) >= part, f"1/{fraction} finished", 120)
                 engine.kill()
                 unfinished_at_kill.append(ORDERS - finished(store))
                 engine = Peer("engine", url, str(store_path), "--name", name)

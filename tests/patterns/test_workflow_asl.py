@@ -27,7 +27,6 @@ from ringbus.patterns.scheduler_agent_supervisor import (
     from_asl,
 )
 
-from .bus_fixtures import thread_broker, url  # noqa: F401
 from .workflow_orders import running
 
 pytestmark = pytest.mark.timeout(120)

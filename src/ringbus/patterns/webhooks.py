@@ -211,6 +211,11 @@ class WebhookPolicy:
     def _refusal(self, address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
+        if isinstance(address, ipaddress.IPv6Address):
+            # 6to4 and Teredo addresses carry an IPv4 address that their traffic goes through: judged by it too.
+            for embedded in (address.sixtofour, *(address.teredo or ())):
+                if embedded is not None and (refused := self._refusal(embedded)) is not None:
+                    return refused
         if address.is_loopback:
             return None if self.allow_loopback else "loopback"
         if address.is_link_local:

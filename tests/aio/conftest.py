@@ -4,20 +4,20 @@ test, and the event loops to run on (asyncio everywhere; uvloop too for the modu
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 import pytest_asyncio
 
 import ringbus
 import ringbus.aio
-from ringbus.aio import AsyncBus
 
 # The backends, their factories and the session-wide start of the shared ones (a broker per transport, the
 # Redis and RabbitMQ prefixes) come from the sync contract suite: one list of backends for both.
 from contract.conftest import BACKENDS, _shared_backends, url  # noqa: F401 - fixtures, used by name
 from contract.support import Names
+from ringbus.aio import AsyncBus
 
 HERE = Path(__file__).parent
 # Backends with a native asyncio client; the others of BACKENDS run through ringbus.aio.threaded.

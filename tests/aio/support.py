@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
 import ringbus
 import ringbus.aio
-from ringbus.aio import AsyncBus, AsyncHandler, AsyncMessage, AsyncSubscription
-
 from contract.support import DEAD_FROM, DEAD_REASON, FEATURES, QUIET, WAIT
+from ringbus.aio import AsyncBus, AsyncHandler, AsyncMessage, AsyncSubscription
 
 __all__ = ["WAIT", "QUIET", "take", "one", "nothing", "bodies", "dead", "refused", "serving", "needs_queues"]
 

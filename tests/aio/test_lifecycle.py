@@ -9,7 +9,6 @@ import pytest
 
 import ringbus
 import ringbus.aio
-
 from contract.support import Names
 
 pytestmark = pytest.mark.asyncio

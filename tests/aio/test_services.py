@@ -93,7 +93,7 @@ async def test_concurrent_requests_on_one_bus_each_get_their_own_reply(bus, url,
     async with serving(url, service, server(b"A")), serving(url, service, server(b"B")):
         replies = await asyncio.gather(bus.request(service, b"1", timeout=WAIT),
                                        bus.request(service, b"2", timeout=WAIT))
-    served_by, answered = zip(*(bytes(reply.body).split(b":") for reply in replies))
+    served_by, answered = zip(*(bytes(reply.body).split(b":") for reply in replies), strict=True)
     assert answered == (b"1", b"2")  # each request got the reply to itself, though one socket carried both
     assert set(served_by) == {b"A", b"B"}
 

@@ -11,15 +11,10 @@ from __future__ import annotations
 import asyncio
 import threading
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator, Iterable
 from typing import (
     TYPE_CHECKING,
     Any,
-    AsyncGenerator,
-    AsyncIterator,
-    Awaitable,
-    Callable,
-    Generator,
-    Iterable,
     TypeVar,
     Union,
 )
@@ -51,7 +46,8 @@ T = TypeVar("T")
 
 Body = Union[bytes, bytearray, memoryview, Message, "AsyncMessage"]
 # A service handler: sync or async, returning the reply's body or a Message.
-AsyncHandler = Callable[[Message], "bytes | bytearray | memoryview | Message | Awaitable[bytes | bytearray | memoryview | Message]"]
+Reply = bytes | bytearray | memoryview | Message
+AsyncHandler = Callable[[Message], Reply | Awaitable[Reply]]
 # Runs a sync settle where it may run (the adapter's worker thread); None: call it here, at once.
 Runner = Callable[[Callable[[], None]], Awaitable[None]]
 

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import math
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -67,7 +68,7 @@ class MdpClients:
         reusable = False
         try:
             sock.send_multipart([b"", C_CLIENT, name, *encode(message)])
-            if not await sock.poll(-1 if timeout is None else math.ceil(timeout * 1000), zmq.POLLIN):
+            if not await sock.poll(-1 if timeout is None else math.ceil(timeout * 1000)):
                 raise Empty(f"no reply from service {service!r} within {timeout} s")
             reply = await sock.recv_multipart()
             if len(reply) < 3 or reply[0] != b"" or reply[1] != C_CLIENT or reply[2] != name:
@@ -128,7 +129,7 @@ class _Worker:
     def _send(self, frames: list[Any]) -> None:
         assert self._sock is not None
         self._heartbeat_at = time.monotonic() + MDP_HEARTBEAT  # any command counts as a heartbeat
-        future = self._sock.send_multipart(frames)
+        future = cast("asyncio.Future[Any]", self._sock.send_multipart(frames))
         if future.done() and future.exception() is not None:
             log.warning("asyncio Majordomo worker %r: a command was not sent: %r", self._label, future.exception())
 
@@ -147,7 +148,7 @@ class _Worker:
                     self._send([b"", W_WORKER, W_HEARTBEAT])
                 wait = min(POLL, self._heartbeat_at - now, self._broker_expires - now)
                 assert self._sock is not None
-                if await self._sock.poll(max(0, math.ceil(wait * 1000)), zmq.POLLIN):
+                if await self._sock.poll(max(0, math.ceil(wait * 1000))):
                     await self._read()
         finally:
             if self._sock is not None and not closed():

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 from ringbus.errors import Empty
 
@@ -81,7 +82,8 @@ def _wake(future: asyncio.Future[None]) -> None:
 
 async def poll(attempt: Callable[[], T], timeout: float | None, doorbell: Doorbell | None,
                missing: type[Exception] = Empty) -> T:
-    """``attempt()`` until it stops raising ``missing`` (``Empty``, or ``Full`` for a put); re-raise it after ``timeout`` seconds.
+    """``attempt()`` until it stops raising ``missing`` (``Empty``, or ``Full`` for a put); after ``timeout``
+    seconds re-raise it.
 
     ``timeout`` None tries for ever (until cancelled); 0 tries once.
     """

@@ -10,7 +10,8 @@ queue is seen within ``POLL_MAX`` seconds.
 
 from __future__ import annotations
 
-from typing import Generic, Sequence, SupportsIndex, TypeVar
+from collections.abc import Sequence
+from typing import Generic, SupportsIndex, TypeVar
 
 from ringbus._core import PriorityQueue, QueueStatistics, Ring
 from ringbus.aio._wait import Doorbell, poll
@@ -97,12 +98,11 @@ class AsyncRing(_Adapter[T]):
 
     def __init__(self, ring: Ring[T] | int) -> None:
         super().__init__()
-        if isinstance(ring, int) and not isinstance(ring, bool):
-            ring = Ring(ring)
-        if not _queue_like(ring):
+        if isinstance(ring, bool) or not (isinstance(ring, int) or _queue_like(ring)):
             raise TypeError(f"AsyncRing wraps a ringbus.Ring or makes one of a capacity (int), not "
                             f"{type(ring).__name__}")
-        self._queue = self.ring = ring
+        self.ring: Ring[T] = Ring(ring) if isinstance(ring, int) else ring
+        self._queue = self.ring
 
     async def put(self, item: T, timeout: float | None = None) -> None:
         """Append ``item``, waiting up to ``timeout`` seconds for room (None: for ever).
@@ -143,12 +143,11 @@ class AsyncPriorityQueue(_Adapter[T]):
 
     def __init__(self, queue: PriorityQueue[T] | int | None = None) -> None:
         super().__init__()
-        if queue is None or (isinstance(queue, int) and not isinstance(queue, bool)):
-            queue = PriorityQueue(queue)
-        if not _queue_like(queue):
+        if isinstance(queue, bool) or not (queue is None or isinstance(queue, int) or _queue_like(queue)):
             raise TypeError(f"AsyncPriorityQueue wraps a ringbus.PriorityQueue or makes one of a capacity "
                             f"(int or None), not {type(queue).__name__}")
-        self._queue = self.queue = queue
+        self.queue: PriorityQueue[T] = PriorityQueue(queue) if queue is None or isinstance(queue, int) else queue
+        self._queue = self.queue
 
     async def put(self, item: T, priority: SupportsIndex = 0, timeout: float | None = None) -> None:
         """Add ``item`` at ``priority`` (higher first), waiting up to ``timeout`` seconds for room if bounded."""

@@ -13,7 +13,8 @@ import asyncio
 import logging
 import time
 import weakref
-from typing import Any, AsyncGenerator, Iterable
+from collections.abc import AsyncGenerator, Iterable
+from typing import Any
 
 from ringbus.aio._base import (
     AsyncBus,
@@ -140,7 +141,7 @@ class AsyncMemoryBus(AsyncBus):
         return message_id
 
     async def send_many(self, queue: str, bodies: Iterable[Body]) -> list[str]:
-        ids = self._bus.send_many(queue, [unwrap(body) for body in bodies])  # type: ignore[misc]
+        ids = self._bus.send_many(queue, [unwrap(body) for body in bodies])
         self._doorbell.ring()
         return ids
 
@@ -198,7 +199,7 @@ class AsyncMemoryBus(AsyncBus):
         return message_id
 
     async def publish_many(self, topic: str, bodies: Iterable[Body]) -> list[str]:
-        ids = self._bus.publish_many(topic, [unwrap(body) for body in bodies])  # type: ignore[misc]
+        ids = self._bus.publish_many(topic, [unwrap(body) for body in bodies])
         self._doorbell.ring()
         return ids
 

@@ -16,11 +16,13 @@ consumer that died).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import queue as queue_module
 import threading
 import time
-from typing import Any, AsyncGenerator, Callable, Iterable, TypeVar
+from collections.abc import AsyncGenerator, Callable, Iterable
+from typing import Any, TypeVar
 
 from ringbus.aio._base import (
     AsyncBus,
@@ -173,7 +175,7 @@ class ThreadedBus(AsyncBus):
             raise self._connect_error
         return self._bus
 
-    async def _call(self, fn: Callable[[], T], give_back: Callable[[T], None] | None = None) -> T:
+    async def _call(self, fn: Callable[[], T], give_back: Callable[[Any], None] | None = None) -> T:
         """Run ``fn`` on the worker thread and return its result; a result that comes after the task was
         cancelled is handed to ``give_back``."""
         if self._closed:
@@ -193,12 +195,12 @@ class ThreadedBus(AsyncBus):
         self._background(lambda: message.nack(requeue=True))
 
     async def _sliced(self, receive: Callable[[float], T | None], timeout: float | None,
-                      give_back: Callable[[T], None]) -> T | None:
+                      give_back: Callable[[Any], None]) -> T | None:
         """``receive(wait)`` in slices of at most SLICE seconds until it returns something or ``timeout`` passes."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             wait = SLICE if deadline is None else max(0.0, min(SLICE, deadline - time.monotonic()))
-            got = await self._call(lambda: receive(wait), give_back)  # type: ignore[arg-type]
+            got: T | None = await self._call(functools.partial(receive, wait), give_back)
             if got is not None:
                 return got
             if deadline is not None and time.monotonic() >= deadline:
@@ -237,10 +239,13 @@ class ThreadedBus(AsyncBus):
         plain = [unwrap(body) for body in bodies]
         return await self._call(lambda: self._sync().send_many(queue, plain))  # type: ignore[arg-type]
 
+    def _receive(self, queue: str, wait: float) -> Message | None:
+        return self._sync().receive(queue, wait)
+
     async def receive(self, queue: str, timeout: float | None = None) -> AsyncMessage | None:
         self._check_open()
         timeout = check_seconds("timeout", timeout)
-        message = await self._sliced(lambda wait: self._sync().receive(queue, wait), timeout, self._give_back)
+        message = await self._sliced(functools.partial(self._receive, queue), timeout, self._give_back)
         return None if message is None else self._wrap(message, None)
 
     async def _consume(self, queue: str, prefetch: int,
@@ -259,7 +264,7 @@ class ThreadedBus(AsyncBus):
                 continue
             wait = SLICE if left is None else min(SLICE, left)
             try:
-                message = await self._call(lambda: self._sync().receive(queue, wait), self._give_back)
+                message = await self._call(functools.partial(self._receive, queue, wait), self._give_back)
             except Closed:
                 return
             if message is None:

@@ -50,4 +50,6 @@ try:  # shared memory needs the native core whatever the queues use: there is no
 except ImportError:
     from ringbus._core._shm_missing import ShmChannel  # type: ignore[assignment]
 
-__all__ = ["ArrayRing", "Histogram", "PriorityQueue", "QueueStatistics", "Ring", "ShmChannel", "crc32c", "IMPLEMENTATION"]
+__all__ = [
+    "ArrayRing", "Histogram", "PriorityQueue", "QueueStatistics", "Ring", "ShmChannel", "crc32c", "IMPLEMENTATION",
+]

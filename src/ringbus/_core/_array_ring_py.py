@@ -14,7 +14,7 @@ from ringbus.errors import Closed
 
 def checked_record_dtype(dtype: Any) -> np.dtype[Any]:
     try:
-        dt = np.dtype(dtype)
+        dt: np.dtype[Any] = np.dtype(dtype)
     except TypeError as exc:
         raise TypeError(f"dtype: {exc}") from None
     if dt.hasobject:

@@ -25,7 +25,7 @@ def checked_priority(priority: object) -> int:
     """An int64 priority, or a clear error naming the argument."""
     if isinstance(priority, float) or not hasattr(priority, "__index__"):
         raise TypeError(f"priority must be an int, got {type(priority).__name__}")
-    p = operator.index(priority)  # type: ignore[arg-type]
+    p = operator.index(priority)
     if not -(2**63) <= p < 2**63:
         raise OverflowError(f"priority must fit in a signed 64-bit int, got {p}")
     return p

@@ -6,7 +6,7 @@ import heapq
 import itertools
 from collections.abc import Sequence
 from types import GenericAlias
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ringbus._core._checks import checked_count, checked_priority
 from ringbus._core._queue_py import BlockingQueueBase
@@ -19,7 +19,8 @@ class PriorityQueue(BlockingQueueBase, Generic[T]):
     """Highest priority first, FIFO among equals, safe across threads (see ringbus._core._priority_queue)."""
 
     _kind = "PriorityQueue"
-    __class_getitem__ = classmethod(GenericAlias)  # type: ignore[assignment]
+    if not TYPE_CHECKING:  # PriorityQueue[int] at run time: a types.GenericAlias, as for the native class
+        __class_getitem__ = classmethod(GenericAlias)
 
     def __init__(self, capacity: int | None = None) -> None:
         if capacity is not None:

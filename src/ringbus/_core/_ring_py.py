@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Sequence
 from types import GenericAlias
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ringbus._core._checks import checked_count
 from ringbus._core._queue_py import BlockingQueueBase
@@ -18,7 +18,8 @@ class Ring(BlockingQueueBase, Generic[T]):
     """A bounded FIFO of Python objects, safe across threads (see ringbus._core._ring)."""
 
     _kind = "Ring"
-    __class_getitem__ = classmethod(GenericAlias)  # type: ignore[assignment]
+    if not TYPE_CHECKING:  # Ring[int] at run time: a types.GenericAlias, as for the native class
+        __class_getitem__ = classmethod(GenericAlias)
 
     def __init__(self, capacity: int) -> None:
         n = checked_count(capacity, "capacity", 1)

@@ -1,9 +1,9 @@
 """Type stubs for ringbus._core._shm_channel (the native ShmChannel)."""
 
-from collections.abc import Buffer, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import final
 
-from typing_extensions import Self
+from typing_extensions import Buffer, Self  # collections.abc.Buffer is 3.12+
 
 @final
 class ShmChannel:

@@ -77,7 +77,9 @@ def _check_record(kind: int, record: list[Any]) -> list[Any]:
                                      for p in record[1]):
         raise ProtocolError("DELIVERED holds a pair that is not [seq, deliveries]")
     if kind == DECLARE:
-        check_name("queue", record[0])
+        # a durable group's queue is "@" + its group name (and has a binding)
+        name = record[0]
+        check_name("queue", name[1:] if name.startswith("@") and record[2] is not None else name)
         QueueOptions(**record[1])  # TypeError or ValueError for options this version cannot take
     return record
 

@@ -13,7 +13,7 @@ import math
 import re
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -60,7 +60,8 @@ def check_name(kind: str, name: object) -> str:
 def check_topic(topic: object) -> str:
     """Return ``topic`` if it is dot-separated words (no wildcards), else raise ValueError."""
     if not isinstance(topic, str) or len(topic) > 200 or not _TOPIC.match(topic):
-        raise ValueError(f"topic must be dot-separated words of letters, digits and _ - : (no wildcards), got {topic!r}")
+        raise ValueError("topic must be dot-separated words of letters, digits and _ - : (no wildcards), "
+                         f"got {topic!r}")
     return topic
 
 
@@ -312,10 +313,12 @@ class Bus(ABC):
         """
 
     @abstractmethod
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         """Iterate messages of ``queue`` with up to ``prefetch`` unsettled at once.
 
         The iterator ends when no message came for ``timeout`` seconds (None: never), or the bus is closed.
+        ``close()`` it to stop early: what was prefetched and not handed out goes back, no attempt counted.
         """
 
     @abstractmethod

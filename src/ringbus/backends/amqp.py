@@ -39,7 +39,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import asdict
 from typing import Any
@@ -563,10 +563,23 @@ class AmqpBus(Bus):
                     if time.monotonic() > deadline:
                         raise PeerGone(f"the catalog {self._catalog_queue!r} did not reach this Bus's own record "
                                        f"within {CATALOG_WAIT} s")
-                channel.cancel()
             finally:
-                if channel.is_open:
-                    channel.close()
+                self._close_stream_reader(channel)
+
+    def _close_stream_reader(self, channel: Any) -> None:
+        """Close a channel that consumed the catalog stream without settling what it still holds (I/O thread).
+
+        pika's cancel and close reject every delivery it holds, or that arrives, for a manual-ack consumer, and
+        RabbitMQ before 3.13 (rabbitmq-server#9644) answers a reject on a stream queue by closing the whole
+        connection (540 NOT_IMPLEMENTED). The channel object under pika's BlockingChannel closes without those
+        rejects (a closing channel drops late deliveries); a stream needs no settling.
+        """
+        if not channel.is_open:
+            return
+        channel._impl.close()
+        deadline = time.monotonic() + CATALOG_WAIT
+        while not channel.is_closed and time.monotonic() < deadline:
+            self._io.conn.process_data_events(time_limit=SLICE)
 
     def _record(self, name: str, sync: bool = True) -> dict[str, Any] | None:
         record = self._catalog.records.get(name)
@@ -893,7 +906,8 @@ class AmqpBus(Bus):
         finally:
             self._stop_consuming(tag, inbox, queue)
 
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         self._check_open()
         check_prefetch(prefetch)
         timeout = check_seconds("timeout", timeout)
@@ -901,7 +915,7 @@ class AmqpBus(Bus):
         return self._consume(queue, record, prefetch, timeout)
 
     def _consume(self, queue: str, record: dict[str, Any], prefetch: int,
-                 timeout: float | None) -> Iterator[Message]:
+                 timeout: float | None) -> Generator[Message, None, None]:
         inbox = _Inbox()
         self._inboxes[inbox] = queue
         tag = self._io.call(self._consume_start, self._q(queue), prefetch, inbox)
@@ -1094,6 +1108,13 @@ class AmqpBus(Bus):
         except pika_errors.UnroutableError:  # the caller is gone
             pass
 
+    def _answer(self, delivery_tag: int, reply_to: str | None, call_id: Any, reply: Message | None,
+                error: str | None) -> None:
+        """On the I/O thread: reply to the caller (if it asked for a reply), then ack its request."""
+        if reply_to:
+            self._reply(reply_to, call_id, reply, error)
+        self._io.ch.basic_ack(delivery_tag)
+
     def serve(self, service: str, handler: Handler, *, stop: threading.Event | None = None) -> None:
         self._check_open()
         check_name("service", service)
@@ -1122,12 +1143,8 @@ class AmqpBus(Bus):
                     log.exception("handler of service %r failed", service)
                     error = f"{type(exc).__name__}: {exc}"
 
-                def answer() -> None:
-                    if properties.reply_to:
-                        self._reply(properties.reply_to, internal.get(_H_CALL, request.id), reply, error)
-                    self._io.ch.basic_ack(method.delivery_tag)
-
-                self._io.call(answer)
+                self._io.call(self._answer, method.delivery_tag, properties.reply_to,
+                              internal.get(_H_CALL, request.id), reply, error)
         finally:
             self._stop_consuming(tag, inbox)
 

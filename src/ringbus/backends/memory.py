@@ -13,7 +13,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -63,7 +63,7 @@ class _Namespace:
         self.conditions: dict[str, threading.Condition] = {}
         self.queues = QueueBook(on_ready=self._wake)
         self.topics = TopicBook(self.queues)
-        self.services: dict[str, Ring] = {}
+        self.services: dict[str, Ring[_Call]] = {}
 
     def condition(self, queue: str) -> threading.Condition:
         cond = self.conditions.get(queue)
@@ -76,7 +76,7 @@ class _Namespace:
         if cond is not None:
             cond.notify()
 
-    def service(self, name: str) -> Ring:
+    def service(self, name: str) -> Ring[_Call]:
         ring = self.services.get(name)
         if ring is None:
             ring = self.services[name] = Ring(SERVICE_BACKLOG)
@@ -138,7 +138,7 @@ class _EphemeralSubscriber:
     __slots__ = ("ring", "dropped")
 
     def __init__(self) -> None:
-        self.ring = Ring(SUBSCRIBER_BUFFER)
+        self.ring: Ring[Message] = Ring(SUBSCRIBER_BUFFER)
         self.dropped = 0
 
     def deliver(self, message: Message) -> bool:
@@ -174,7 +174,7 @@ class _MemorySubscription(Subscription):
         if self._subscriber is None:
             return self._bus.receive(self._queue, timeout)
         try:
-            message: Message = self._subscriber.ring.get(timeout=timeout)
+            message = self._subscriber.ring.get(timeout=timeout)
         except Empty:
             return None
         message = _replace(message)  # one publication reaches many subscribers: each gets its own object
@@ -202,7 +202,7 @@ class _Call:
 
     def __init__(self, request: Message) -> None:
         self.request = request
-        self.reply: Ring = Ring(1)
+        self.reply: Ring[Message | ServiceError] = Ring(1)
         self.cancelled = False
 
 
@@ -289,7 +289,8 @@ class MemoryBus(Bus):
         messages = self._take(queue, 1, timeout, None)
         return messages[0] if messages else None
 
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         self._check_open()
         check_prefetch(prefetch)
         timeout = check_seconds("timeout", timeout)
@@ -297,7 +298,7 @@ class MemoryBus(Bus):
             self._space.queues.get(queue)
         return self._consume(queue, prefetch, timeout)
 
-    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Iterator[Message]:
+    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Generator[Message, None, None]:
         consumer = _Consumer()
         space = self._space
         with space.lock:
@@ -414,7 +415,8 @@ class MemoryBus(Bus):
         try:
             ring.put(call, timeout=timeout)
         except Full:
-            raise Empty(f"service {service!r} has {SERVICE_BACKLOG} requests waiting; none taken within {timeout} s")
+            raise Empty(f"service {service!r} has {SERVICE_BACKLOG} requests waiting; "
+                        f"none taken within {timeout} s") from None
         try:
             reply = call.reply.get(timeout=timeout)
         except Empty:
@@ -422,7 +424,7 @@ class MemoryBus(Bus):
             raise Empty(f"no reply from service {service!r} within {timeout} s") from None
         if isinstance(reply, ServiceError):
             raise RingbusError(f"service {service!r} failed: {reply.text}")
-        return reply  # type: ignore[no-any-return]
+        return reply
 
     def serve(self, service: str, handler: Handler, *, stop: threading.Event | None = None) -> None:
         self._check_open()
@@ -431,7 +433,7 @@ class MemoryBus(Bus):
             ring = self._space.service(service)
         while not self._closed and not (stop is not None and stop.is_set()):
             try:
-                call: _Call = ring.get(timeout=0.05)  # short slices: notice stop and close promptly
+                call = ring.get(timeout=0.05)  # short slices: notice stop and close promptly
             except Empty:
                 continue
             if call.cancelled:

@@ -41,7 +41,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -244,7 +244,7 @@ class _RedisSubscription(Subscription):
             glob, self._exact = _glob_escape(channel + ".".join(literal)) + "*", False
         self._channel_prefix = len(channel)
         # redis-py subscribes again by itself when it reconnects (PubSub.on_connect)
-        self._pubsub = bus._redis.pubsub()
+        self._pubsub = bus._redis.pubsub()  # type: ignore[no-untyped-call]  # redis-py leaves pubsub() unannotated
         with bus._reaching():
             if self._exact:
                 self._pubsub.subscribe(glob)
@@ -452,7 +452,7 @@ class RedisBus(Bus):
                 script(args=args, client=pipe)
             try:
                 with self._reaching():
-                    return cast("list[Any]", pipe.execute())
+                    return pipe.execute()
             except redis_py.exceptions.NoScriptError:
                 continue  # Redis restarted between the pipeline's script check and its retry: load them again
         raise PeerGone(f"Redis at {self.url} kept forgetting the ringbus scripts (restarting?)")
@@ -495,14 +495,15 @@ class RedisBus(Bus):
         messages = self._take(queue, 1, timeout, None)
         return messages[0] if messages else None
 
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         self._check_open()
         check_prefetch(prefetch)
         timeout = check_seconds("timeout", timeout)
         self.queue_stats(queue)  # an unknown queue fails here, not at the first next()
         return self._consume(queue, prefetch, timeout)
 
-    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Iterator[Message]:
+    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Generator[Message, None, None]:
         consumer = _Consumer()
         buffer: deque[Message] = deque()
         counters = f"{self._prefix}q:{{{queue}}}:st"

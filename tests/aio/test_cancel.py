@@ -37,7 +37,7 @@ async def test_cancelled_receive_that_was_waiting_takes_nothing(bus, second_bus,
     await message.ack()
 
 
-async def test_receives_cancelled_at_any_moment_lose_nothing(bus, second_bus, queue, rng):
+async def test_receives_cancelled_at_any_moment_lose_nothing(bus, second_bus, queue, rng, url):
     q = await queue(visibility_timeout=LEASE)
     sent, got = [], []
     for i in range(RACES):
@@ -61,8 +61,9 @@ async def test_receives_cancelled_at_any_moment_lose_nothing(bus, second_bus, qu
     for message in back:
         await message.ack()
     await nothing(bus, q)  # a round trip on ``bus``: its acks are in
-    stats = await second_bus.queue_stats(q)  # behind second_bus's acks on its own connection
-    assert (stats.depth, stats.in_flight) == (0, 0)
+    if native(url):  # (RabbitMQ's and Redis's own counts are checked by tests/contract, in step)
+        stats = await second_bus.queue_stats(q)  # behind second_bus's acks on its own connection
+        assert (stats.depth, stats.in_flight) == (0, 0)
 
 
 async def test_cancelled_consume_loop_gives_back_what_it_fetched(bus, second_bus, queue, url):

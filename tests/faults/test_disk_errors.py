@@ -182,6 +182,26 @@ def test_a_failed_unlink_in_compaction_costs_nothing_and_is_tried_again(tmp_path
     assert left == set(outcome["confirmed"]) - outcome["acked"]
 
 
+def test_dead_letters_and_expiries_go_on_in_memory_after_a_disk_fault(tmp_path: Path) -> None:
+    """A move to a dead-letter queue cannot be logged once the log failed; it must not stop the broker."""
+    storage = FaultyStorage(3)
+    data = tmp_path / "data"
+    with ringbus.Broker(data, "tcp://127.0.0.1:0", storage=storage) as broker, \
+            BrokerBus(broker.endpoint, timeout=10.0) as bus:
+        bus.declare_queue("orders", durable=True, ttl=0.3, dead_letter="orders.dlq")
+        bus.declare_queue("orders.dlq", durable=True)
+        expiring = bus.send("orders", b"expires after the fault")
+        storage.fail("write", 1, errno.ENOSPC, sticky=True)
+        with pytest.raises(ringbus.RingbusError, match="ENOSPC"):
+            bus.send("orders", b"refused")
+        dead = bus.receive("orders.dlq", timeout=5.0)  # the expiry moved it in memory
+        assert dead is not None and dead.id == expiring
+        dead.ack()
+        assert broker.running
+        assert bus.broker_stats()["log"]["failure"].startswith("commit failed (ENOSPC")
+    assert recovered_ids(data) == [expiring] or recovered_ids(data, "orders.dlq") == [expiring]
+
+
 def test_the_log_never_renames(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """There is no rename step to fail: segments are created in place (O_EXCL), appended to, deleted whole."""
     renamed: list[tuple[Any, ...]] = []

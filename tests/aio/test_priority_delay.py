@@ -1,4 +1,4 @@
-"""Priorities, delayed sends and expiry on the asyncio API."""
+"""Priorities, delayed sends, expiry and ordered keys on the asyncio API."""
 
 from __future__ import annotations
 
@@ -45,3 +45,24 @@ async def test_message_ttl_expires_to_dead_letters(bus, queue):
     await nothing(bus, q)
     letter = await dead(bus, q, "expired")
     assert (letter.id, bytes(letter.body)) == (message_id, b"stale")
+
+
+async def test_ordered_keys_flow_through_consume_one_unsettled_per_key(bus, queue):
+    q = await queue(needs="ordered_by_key", ordered_by_key=True)
+    if q is None:
+        return
+    sent = [Message(b"%s%d" % (key, i), key=key.decode()) for i in range(10) for key in (b"a", b"b")]
+    await bus.send_many(q, sent)
+    stream = bus.consume(q, prefetch=8, timeout=2.0)
+    first, second = await stream.__anext__(), await stream.__anext__()
+    assert {first.key, second.key} == {"a", "b"}  # one per key while neither is settled
+    got = [first, second]
+    await first.ack()
+    await second.ack()
+    async for message in stream:  # each ack lets the key's next message through (the read-ahead waits for it)
+        got.append(message)
+        await message.ack()
+        if len(got) == 20:
+            break
+    for key in ("a", "b"):
+        assert [bytes(m.body) for m in got if m.key == key] == [b"%s%d" % (key.encode(), i) for i in range(10)]

@@ -365,7 +365,7 @@ class AsyncBrokerBus(AsyncBus):
                  orphan: Callable[[dict[str, Any]], None] | None) -> tuple[bytes, asyncio.Future[Reply]]:
         """Send a command; its request id and the future of its reply (failed with PeerGone after ``timeout``)."""
         self._start()
-        self._flush_settles()  # held acks go before anything that may depend on them
+        self._flush_settles()  # held acks go before anything that may depend on them (a key's next message)
         rid = _rid(next(self._rids))
         assert self._loop is not None
         future: asyncio.Future[Reply] = self._loop.create_future()
@@ -594,6 +594,8 @@ class AsyncBrokerBus(AsyncBus):
                         await credit.wait(wait)
                         continue
                     ahead = self._fetch_start(queue, room, wait)
+                elif self._held_acks:
+                    self._flush_settles()  # the read-ahead may wait for them (the next message of a key)
                 fetched, ahead = ahead, None
                 buffer.extend(await self._fetch_end(fetched, queue, credit))
         except Closed:

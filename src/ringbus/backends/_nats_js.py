@@ -51,7 +51,13 @@ class _StreamInfo(msgspec.Struct):
     error: dict[str, Any] | None = None
 
 
+class SequenceInfo(msgspec.Struct):
+    consumer_seq: int = 0
+    stream_seq: int = 0
+
+
 class ConsumerInfo(msgspec.Struct):
+    delivered: SequenceInfo | None = None  # the last delivery's sequences: stream_seq and below were delivered
     num_ack_pending: int = 0
     num_pending: int = 0
     num_waiting: int = 0
@@ -162,6 +168,16 @@ class JetStream:
                 return False
             raise
 
+    async def delete_message(self, stream: str, seq: int) -> bool:
+        """Remove one stored message; False if it was gone already."""
+        try:
+            await self.api(f"STREAM.MSG.DELETE.{stream}", {"seq": seq, "no_erase": True})
+            return True
+        except ApiError as exc:
+            if exc.code == 404 or exc.err_code == 10057:
+                return False
+            raise
+
     async def get_message(self, stream: str, **where: Any) -> dict[str, Any] | None:
         """A stored message (``seq=`` or ``last_by_subj=``) as JetStream returns it, or None if there is none."""
         try:
@@ -238,6 +254,13 @@ class JetStream:
         pull.msgs.append(msg)
         if len(pull.msgs) >= pull.want and not pull.done.done():
             pull.done.set_result(None)
+
+    def abandon_pulls(self) -> None:
+        """The connection dropped: every waiting pull ends now (its request died with the connection)."""
+        for pull in list(self._pulls.values()):
+            if not pull.done.done():
+                pull.status = "disconnected"
+                pull.done.set_result(None)
 
     def take_strays(self) -> list[Msg]:
         """Every message delivered to a pull given up on and not taken since (to give back at close)."""

@@ -27,7 +27,7 @@ from ringbus.message import Message
 __all__ = [
     "DEAD_FROM", "DEAD_REASON", "H_BODY", "H_DUE", "H_ERROR", "H_EXPIRES", "H_LEVEL", "H_MSG_ID", "UNSUPPORTED",
     "ApiError", "PubAck", "check_prefix", "consumer_of_level", "delivery_count", "group_consumer", "level_of",
-    "pack", "queue_of_stream", "subject_filters", "token", "unpack",
+    "pack", "parse_headers", "queue_of_stream", "subject_filters", "token", "unpack",
 ]
 
 DEAD_REASON = "ringbus-dead-reason"
@@ -144,6 +144,16 @@ def unpack(payload: bytes) -> Message:
         return decode([payload])
     (size,) = _LEN.unpack_from(payload, 0)
     return decode([payload[4:4 + size], payload[4 + size:]])
+
+
+def parse_headers(block: bytes) -> dict[str, str]:
+    """The headers of a stored message's header block (``NATS/1.0\\r\\nName: value\\r\\n...``)."""
+    headers = {}
+    for line in block.decode("utf-8", "replace").split("\r\n")[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip()] = value.strip()
+    return headers
 
 
 class PubAck(msgspec.Struct):

@@ -198,12 +198,7 @@ class _NatsSubscription(Subscription):
             raise Closed("subscription is closed")
         timeout = check_seconds("timeout", timeout)
         if self._inbox is None:
-            assert self.group is not None
-            core = self._bus._core
-            deliveries = self._bus._wait(core.fetch_group(self.pattern, self.group, 1, timeout), timeout)
-            if not deliveries:
-                return None
-            return self._bus._handed(deliveries[0], None)
+            return self._bus.receive(f"@{self.group}", timeout)
         try:
             message = self._inbox.get(None if timeout is None else time.monotonic() + timeout)
         except Closed:

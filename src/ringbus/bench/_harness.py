@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 # A contender is a function that runs `n` operations and returns the seconds
@@ -22,7 +22,7 @@ class Case:
     unit: str  # what one operation is, e.g. "put+get"
     n: int  # operations per round
     ours: tuple[str, Contender]
-    peers: list[tuple[str, Contender]]
+    peers: Sequence[tuple[str, Contender]]
     target: dict[str, float] = field(default_factory=dict)  # peer label -> ratio the issue asks for
     bytes_per_op: int = 0  # > 0: also report bandwidth
     latency: bool = False  # contenders return per-operation samples

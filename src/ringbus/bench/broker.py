@@ -39,14 +39,14 @@ from ringbus.bus import connect
 from ringbus.message import Message
 
 try:
-    import pika
+    import pika as pika  # re-exported: bench.patterns shares this optional import
 except ImportError:  # an optional peer: its rows are left out, and the CLI says so
     pika = None
 
 try:
     import redis
 except ImportError:
-    redis = None
+    redis = None  # type: ignore[assignment]  # an optional peer, looked at by redis_missing() before use
 
 SPAWN = multiprocessing.get_context("spawn")
 SIZE = 64  # bytes per message body
@@ -125,9 +125,11 @@ class _Children:
                 for name in labels:
                     code = self.procs[name].exitcode
                     if code is not None:  # died without a word (a crash, a kill)
-                        raise RuntimeError(f"bench child {name!r} exited with code {code} before it was {kind}")
+                        raise RuntimeError(f"bench child {name!r} exited with code {code} "
+                                           f"before it was {kind}") from None
                 if now() > deadline:
-                    raise TimeoutError(f"bench children {sorted(labels)} not {kind} within {CHILD_TIMEOUT:g} s")
+                    raise TimeoutError(f"bench children {sorted(labels)} not {kind} within {CHILD_TIMEOUT:g} s") \
+                        from None
                 continue
             if what == "error":
                 raise RuntimeError(f"bench child {label!r} failed:\n{value}")
@@ -264,7 +266,8 @@ def _wait_aof(client: Any) -> None:
     deadline = now() + 30.0
     while now() < deadline:
         info = client.info("persistence")
-        if info.get("aof_enabled") and not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled"):
+        rewriting = info.get("aof_rewrite_in_progress") or info.get("aof_rewrite_scheduled")
+        if info.get("aof_enabled") and not rewriting:
             return
         time.sleep(0.01)
     raise TimeoutError("Redis did not finish enabling its AOF within 30 s")
@@ -585,7 +588,7 @@ def _round_trips(n: int, round_trip: Callable[[], Any], warm_up: int = 100) -> l
     """``warm_up`` untimed round trips (connections, first dispatch), then the seconds of each of n more."""
     for _ in repeat(None, warm_up):
         round_trip()
-    samples = []
+    samples: list[float] = []
     append = samples.append
     for _ in repeat(None, n):
         t = time.perf_counter()
@@ -795,7 +798,7 @@ def request_case(n: int) -> Case:
         "round trip",
         n,
         ("ringbus bus.request -> broker -> bus.serve (tcp)", ringbus_request),
-        peers,  # type: ignore[arg-type]
+        peers,
         target={ZMQ_REQ_REP: 0.5, RABBIT_RPC: 2.0},
         latency=True,
     )

@@ -228,7 +228,7 @@ def zmq_push_pull(size: int, copy: bool = True) -> Callable[[int], float]:
             push.connect(endpoint)
             send = push.send
             for _ in repeat(None, n):
-                send(payload, copy=copy)
+                send(payload, 0, copy=copy)
             drained.wait()
             push.close()
             cctx.term()
@@ -352,7 +352,8 @@ def throughput_case(size: int, n: int) -> Case:
         (f"ShmChannel send_many/recv_many x{BATCH}", shm_batch(size)),
     ]
     if faster_fifo is not None:
-        peers[1:1] = [("faster_fifo put/get", ff_single(size)), (f"faster_fifo put_many/get_many x{BATCH}", ff_batch(size))]
+        peers[1:1] = [("faster_fifo put/get", ff_single(size)),
+                      (f"faster_fifo put_many/get_many x{BATCH}", ff_batch(size))]
     return Case(
         f"process -> process, {size} B",
         "message",
@@ -382,7 +383,7 @@ def batch_case(size: int, n: int) -> Case:
 def shm_array(n: int) -> float:
     name = _channel_name()
     rx = ShmChannel.create(name, 4 * BIG)
-    arr = np.ones(BIG // 8, np.float64)
+    arr = np.ones(BIG // 8, np.float64).data  # the array's buffer (ndarray is typed as one only from Python 3.12)
 
     def produce() -> None:
         tx = ShmChannel.attach(name)
@@ -404,7 +405,7 @@ def zmq_array(n: int) -> float:
     pull.linger = 0
     pull.rcvtimeo = 60_000
     pull.bind(endpoint)
-    arr = np.ones(BIG // 8, np.float64)
+    arr = np.ones(BIG // 8, np.float64).data  # the array's buffer (ndarray is typed as one only from Python 3.12)
 
     def produce() -> None:
         cctx = zmq.Context()
@@ -465,7 +466,12 @@ def shm_ping_pong(n: int) -> list[float]:
     try:
         with _running(echo):
             payload = bytes(64)
-            return _round_trips(n, lambda: (out.send(payload), inp.recv(60)))
+
+            def round_trip() -> None:
+                out.send(payload)
+                inp.recv(60)
+
+            return _round_trips(n, round_trip)
     finally:
         out.close()
         inp.close()
@@ -480,7 +486,12 @@ def pipe_ping_pong(n: int) -> list[float]:
 
     with _running(echo):
         payload = bytes(64)
-        return _round_trips(n, lambda: (a.send_bytes(payload), a.recv_bytes()))
+
+        def round_trip() -> None:
+            a.send_bytes(payload)
+            a.recv_bytes()
+
+        return _round_trips(n, round_trip)
 
 
 def zmq_req_rep(n: int) -> list[float]:
@@ -569,5 +580,6 @@ def cases(scale: float = 1.0, seed: int = 0) -> list[Case]:
 
 def missing_peers() -> list[str]:
     """Notes for the table: peers not installed, and messages a peer lost."""
-    notes = [] if faster_fifo is not None else ["faster_fifo (pip install faster-fifo) is not installed: its rows are left out"]
+    notes = [] if faster_fifo is not None else [
+        "faster_fifo (pip install faster-fifo) is not installed: its rows are left out"]
     return notes + LOSSES

@@ -61,7 +61,7 @@ class _Count:
             raise TimeoutError(f"{self.left} messages of {what} not handled within {DONE_TIMEOUT:g} s")
 
 
-def _timed(send: Callable[[], None], count: _Count, what: str) -> float:
+def _timed(send: Callable[[], object], count: _Count, what: str) -> float:
     start = time.perf_counter()
     send()
     count.wait(what)
@@ -103,7 +103,7 @@ def weighted_run(url: str, n: int) -> float:
         shares = [n // 3 + (1 if i < n % 3 else 0) for i in range(3)]
 
         def send() -> None:
-            for share, queue in zip(shares, queues.values()):
+            for share, queue in zip(shares, queues.values(), strict=True):
                 bus.send_many(queue, [bytes(SIZE)] * share)
 
         with WeightedConsumer(url, {queues[level]: weight for level, weight in WEIGHTS.items()},

@@ -68,7 +68,8 @@ def memory_cycle(metrics: bool) -> Callable[[int], float]:
             t0 = time.perf_counter()
             for _ in repeat(None, n):
                 send("bench", body)
-            for left, message in zip(range(n - 1, -1, -1), bus.consume("bench", prefetch=PREFETCH, timeout=30.0)):
+            for left, message in zip(range(n - 1, -1, -1), bus.consume("bench", prefetch=PREFETCH, timeout=30.0),
+                                     strict=False):
                 message.ack()
                 if not left:
                     break

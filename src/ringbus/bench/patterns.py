@@ -126,7 +126,7 @@ def rabbit_pool(n: int) -> float:
             t0 = now()
             _wait(lambda: sum(counts) >= n, f"RabbitMQ pool: {n} acked")
             children.stop.set()
-            ends = children.collect()
+            ends: dict[str, float] = children.collect()
         return max(ends.values()) - t0
 
 
@@ -146,7 +146,7 @@ def competing_consumers_case(n: int) -> Case:
         "message",
         n,
         (f"ringbus WorkerPool, {WORKERS} processes, prefetch {PREFETCH}, embedded broker", ringbus_pool),
-        peers,  # type: ignore[arg-type]
+        peers,
         target={RABBIT_POOL: 3.0},
     )
 

@@ -146,7 +146,7 @@ def _fan_out(url: str, n: int, subscriber: Any, groups: list[str] | None) -> flo
         children.start("publisher", _publisher, url=url, topic="bench.tick", n=n)
         children.release()
         out = children.collect()
-    t0 = out.pop("publisher")
+    t0: float = out.pop("publisher")
     return max(_ended(label, value, n) for label, value in out.items()) - t0
 
 
@@ -221,7 +221,7 @@ def redis_pubsub(n: int) -> float:
         children.start("publisher", _redis_publisher, channel=channel, n=n)
         children.release()
         out = children.collect()
-    t0 = out.pop("publisher")
+    t0: float = out.pop("publisher")
     return max(_ended(label, value, n) for label, value in out.items()) - t0
 
 
@@ -267,7 +267,7 @@ def redis_streams(n: int) -> float:
             children.start("publisher", _redis_stream_publisher, stream=stream, n=n)
             children.release()
             out = children.collect()
-        t0 = out.pop("publisher")
+        t0: float = out.pop("publisher")
         return max(float(t1) for t1 in out.values()) - t0
 
 

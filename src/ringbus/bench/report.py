@@ -337,7 +337,7 @@ def format_table(rows: Sequence[Row]) -> str:
     out = []
     for i, line in enumerate(lines):
         out.append("  ".join(cell.ljust(w) if j < left else cell.rjust(w)
-                             for j, (cell, w) in enumerate(zip(line, widths))).rstrip())
+                             for j, (cell, w) in enumerate(zip(line, widths, strict=True))).rstrip())
         if i == 0:
             out.append("  ".join("-" * w for w in widths))
     return "\n".join(out)
@@ -403,7 +403,7 @@ def _throughput_axes(ax: Any, rows: list[Row]) -> None:
     values = [float(row.bandwidth_gbs or 0.0) if bandwidth else row.ops_per_s for row in rows]
     y = range(len(rows))
     ax.barh(y, values, color=[OURS_COLOUR if row.ours else PEER_COLOUR for row in rows])
-    for i, (row, value) in enumerate(zip(rows, values)):
+    for i, (row, value) in enumerate(zip(rows, values, strict=True)):
         text = "ringbus" if row.ours else f"ringbus speed-up {row.ratio:.2f}x"
         ax.text(value, i, f" {text}", va="center", fontsize=7)
     ax.xaxis.set_major_formatter(EngFormatter())
@@ -417,7 +417,7 @@ def _latency_axes(ax: Any, rows: list[Row]) -> None:
         values = [getattr(row, attr) or 0.0 for row in rows]
         ax.barh([i + (k - 1.5) * height for i in range(len(rows))], values, height, color=colour, label=name)
     tops = [max(float(getattr(row, attr) or 0.0) for _, attr, _ in PERCENTILES) for row in rows]
-    for i, (row, top) in enumerate(zip(rows, tops)):
+    for i, (row, top) in enumerate(zip(rows, tops, strict=True)):
         ax.text(top, i, " ringbus" if row.ours else f" ringbus speed-up {row.ratio:.2f}x ({row.compared})",
                 va="center", fontsize=7)
     largest = max(tops)

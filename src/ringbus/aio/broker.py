@@ -245,7 +245,7 @@ class AsyncBrokerBus(AsyncBus):
     def __init__(self, url: str, *, timeout: float = 30.0, hwm: int = 100_000,
                  context: zmq.Context[Any] | None = None) -> None:
         self.url = url
-        self._timeout: float = check_seconds("timeout", timeout, allow_zero=False)  # type: ignore[assignment]
+        self._timeout: float = check_seconds("timeout", timeout, allow_zero=False)
         if isinstance(hwm, bool) or not isinstance(hwm, int) or hwm < 1:
             raise ValueError(f"hwm must be an int >= 1, got {hwm!r}")
         self._sync_context = context or zmq.Context.instance()

@@ -234,7 +234,7 @@ class AsyncMemoryBus(AsyncBus):
             raise
         if isinstance(reply, ServiceError):
             raise RingbusError(f"service {service!r} failed: {reply.text}")
-        return reply  # type: ignore[no-any-return]
+        return reply
 
     async def serve(self, service: str, handler: AsyncHandler, *, stop: asyncio.Event | None = None) -> None:
         self._check_open()

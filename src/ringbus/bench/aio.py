@@ -31,7 +31,7 @@ from ringbus.bus import connect
 try:
     import uvloop
 except ImportError:  # an optional peer: its rows are left out, and missing_peers() says so
-    uvloop = None
+    uvloop = None  # type: ignore[assignment]  # an optional peer, looked at by missing_peers()
 
 __all__ = ["cases", "main", "missing_peers", "shutdown", "async_run", "sync_run"]
 

@@ -22,8 +22,9 @@ import sys
 import tempfile
 import uuid
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 if __name__ == "__main__":  # under libFuzzer: record coverage of ringbus's own code (imported below)
     import atheris

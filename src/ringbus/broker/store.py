@@ -69,7 +69,7 @@ def _check_record(kind: int, record: list[Any]) -> list[Any]:
     shape = _SHAPES.get(kind)
     if shape is None:
         raise ProtocolError(f"unknown record kind {kind}")
-    if len(record) < len(shape) or not all(isinstance(v, t) for v, t in zip(record, shape)):
+    if len(record) < len(shape) or not all(isinstance(v, t) for v, t in zip(record, shape, strict=False)):
         raise ProtocolError(f"fields ({', '.join(type(v).__name__ for v in record)}) do not fit record kind {kind}")
     if kind == REMOVE and not all(type(seq) is int for seq in record[1]):
         raise ProtocolError("REMOVE lists a sequence number that is not an int")

@@ -200,7 +200,7 @@ class WebhookPolicy:
             except (OSError, UnicodeError) as exc:
                 raise ValueError(f"callback_url host {host!r} does not resolve: {exc}") from None
             if not addresses:
-                raise ValueError(f"callback_url host {host!r} does not resolve")
+                raise ValueError(f"callback_url host {host!r} does not resolve") from None
         for address in addresses:
             refused = self._refusal(address)
             if refused:

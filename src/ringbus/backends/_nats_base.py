@@ -20,8 +20,8 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import msgspec
-import nats
 import nats.errors as nats_errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ringbus.backends import _nats_wire as wire
@@ -154,7 +154,7 @@ class CoreBase:
         self.topic_root = self.prefix + "t."
         self.topic_stream = (self.prefix + "topics").replace(".", "~")
         self.bodies = "".join(c if c.isalnum() or c in "-_" else "_" for c in self.prefix) + "ringbus-bodies"
-        self.nc = nats.NATS()
+        self.nc = Client()
         self.js = JetStream(self.nc, timeout, self.where)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
@@ -177,7 +177,7 @@ class CoreBase:
         self.loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(self.nc.connect(
-                servers=self.servers, name="ringbus", connect_timeout=min(self.timeout, 5.0),
+                servers=self.servers, name="ringbus", connect_timeout=max(1, round(min(self.timeout, 5.0))),
                 max_reconnect_attempts=-1, reconnect_to_server_handler=_backoff, ping_interval=20,
                 max_outstanding_pings=3, error_cb=self._on_error, disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected), self.timeout)
@@ -217,6 +217,10 @@ class CoreBase:
 
     async def _on_reconnected(self) -> None:
         log.warning("reconnected to NATS at %s", self.where)
+
+    async def flush(self) -> None:
+        """Wait until NATS has read everything sent so far (a PING answered); nats-py takes whole seconds."""
+        await self.nc.flush(timeout=max(1, round(self.timeout)))
 
     @property
     def closed(self) -> bool:

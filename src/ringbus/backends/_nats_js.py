@@ -19,8 +19,8 @@ from collections import deque
 from typing import Any
 
 import msgspec
-import nats
 import nats.errors as nats_errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from ringbus.backends._nats_wire import ApiError, PubAck
@@ -82,7 +82,7 @@ class _Pull:
 class JetStream:
     """JetStream requests over one nats-py connection (the loop's thread only)."""
 
-    def __init__(self, nc: nats.NATS, timeout: float, where: str) -> None:
+    def __init__(self, nc: Client, timeout: float, where: str) -> None:
         self.nc = nc
         self.timeout = timeout
         self.where = where
@@ -107,7 +107,8 @@ class JetStream:
     async def request(self, subject: str, payload: bytes, headers: dict[str, str] | None = None,
                       timeout: float | None = None) -> Msg:
         try:
-            return await self.nc.request(subject, payload, timeout=timeout or self.timeout, headers=headers)
+            reply: Msg = await self.nc.request(subject, payload, timeout=timeout or self.timeout, headers=headers)
+            return reply
         except nats_errors.NoRespondersError:
             raise
         except (nats_errors.TimeoutError, asyncio.TimeoutError, nats_errors.ConnectionClosedError,

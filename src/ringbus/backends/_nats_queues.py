@@ -322,7 +322,7 @@ class QueueOps(CoreBase):
                 if bell is None:
                     # Any publish on the queue's subjects rings; subscribed before looking again so none is missed.
                     bell = await self.nc.subscribe(queue.root + ".*", cb=ring)
-                    await self.nc.flush(timeout=self.timeout)
+                    await self.flush()
                     continue
                 wait = DELAY_SLICE if delayed else WAIT_SLICE
                 try:

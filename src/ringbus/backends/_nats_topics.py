@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 import nats.errors as nats_errors
 from nats.aio.msg import Msg
 
 from ringbus.backends import _nats_wire as wire
-from ringbus.backends._nats_queues import QueueOps
 from ringbus.backends._nats_js import NOT_FOUND_CODES, STREAM_EXISTS_OTHERWISE
+from ringbus.backends._nats_queues import QueueOps
 from ringbus.backends._nats_wire import ApiError
 from ringbus.bus import TOPIC_HEADER, QueueOptions, topic_matcher
 from ringbus.errors import Closed, Empty, PeerGone, RingbusError
@@ -134,7 +135,7 @@ class TopicOps(QueueOps):
                                           pending_msgs_limit=SUBSCRIBER_BUFFER)
             tap.subs.append(sub)
             self._taps[id(sub)] = tap
-        await self.nc.flush(timeout=self.timeout)  # a publication after subscribe() returns must reach us
+        await self.flush()  # a publication after subscribe() returns must reach us
         return tap
 
     async def untap(self, tap: TopicTap) -> None:

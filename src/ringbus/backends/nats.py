@@ -9,10 +9,12 @@ event-loop thread per Bus, and :class:`NatsBus` is the sync Bus over it (every w
   receive reads the stream's per-subject counts (one request) and pulls from the highest level that has messages.
   Per-level subjects keep JetStream's own FIFO and redelivery within a level; the alternative, one subject and
   priorities sorted by the client, cannot order what it has not fetched.
-- **Visibility timeout = the consumer's ack wait**; ``attempts`` = the attempts the message carries + JetStream's
-  delivery count - 1. A delivery found at ``max_attempts`` (leases ran out) or past its ``ttl`` is dead-lettered
-  by the receiver that finds it (``max_deliver`` stays unlimited: at JetStream's limit the message would just stop,
-  with only an advisory nobody may be listening to).
+- **Visibility timeout = the consumer's ack wait**, capped at 5 s: a longer one is kept by the holder's
+  in-progress acks, so a consumer that dies gives its messages back within seconds (not after a 1 h timeout).
+  ``attempts`` = the attempts the message carries + JetStream's delivery count - 1. A delivery found at
+  ``max_attempts`` (leases ran out) or past its ``ttl`` is dead-lettered by the receiver that finds it
+  (``max_deliver`` stays unlimited: at JetStream's limit the message would just stop, with only an advisory nobody
+  may be listening to); the sending bus also dead-letters its ttl messages that still wait at their expiry.
 - **Dead letters** are republished to the dead-letter queue (``ringbus-dead-reason`` / ``ringbus-dead-from``, the
   other backends' headers), then the delivery is acked. ``reject`` -> ``rejected``, ``nack(requeue=False)`` ->
   ``nacked``, out of attempts -> ``max_attempts``, ``ttl`` passed -> ``expired``, ``max_length`` with
@@ -28,8 +30,9 @@ event-loop thread per Bus, and :class:`NatsBus` is the sync Bus over it (every w
   limit: a WorkQueue stream counts in-flight messages too, ringbus does not.
 - **Topics** are subjects ``<prefix>t.<topic>`` captured by one stream (``retention`` publications kept).
   Ephemeral subscriptions are core NATS subscriptions (a group is a NATS queue group); durable groups are durable
-  consumers of that stream (``start="earliest"``: deliver all). ``*`` is NATS's ``*``; ``#`` (zero or more words)
-  is ``>`` (one or more) plus the words before it, and where that over-matches the client filters.
+  consumers of that stream (``start="earliest"``: deliver all), received as the queue ``@<group>`` like on the
+  other backends. ``*`` is NATS's ``*``; ``#`` (zero or more words) is ``>`` (one or more) plus the words before
+  it, and where that over-matches the client filters.
 - **Request/reply**: a request on ``<prefix>s.<service>`` with an inbox reply subject; servers take one request at
   a time (a subscription the server ends after one message), so a busy server gets no more; "no responders" is
   retried until the timeout.
@@ -48,7 +51,8 @@ import logging
 import threading
 import time
 from collections import deque
-from typing import Any, Coroutine, Iterator, TypeVar
+from collections.abc import Coroutine, Generator
+from typing import Any, TypeVar
 
 from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
 from ringbus.backends._nats_core import Delivery, NatsCore, TopicTap
@@ -345,14 +349,15 @@ class NatsBus(Bus):
         deliveries = self._wait(self._core.fetch(queue, 1, timeout), timeout)
         return self._handed(deliveries[0], None) if deliveries else None
 
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         self._check_open()
         check_prefetch(prefetch)
         timeout = check_seconds("timeout", timeout)
         self._run(self._core.queue(queue))  # an unknown queue fails here, not at the first next()
         return self._consume(queue, prefetch, timeout)
 
-    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Iterator[Message]:
+    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Generator[Message, None, None]:
         credit = _Credit(prefetch)
         buffer: deque[Delivery] = deque()
         core = self._core

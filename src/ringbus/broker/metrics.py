@@ -24,7 +24,7 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from ringbus._core import Histogram
+from ringbus._latency import PROMETHEUS_BUCKETS, STAGES, SUMMARY_KEYS, WINDOW, StageWindows
 
 if TYPE_CHECKING:
     from ringbus.broker.queues import Queue
@@ -34,54 +34,10 @@ __all__ = ["QueueMetrics", "SnapshotExchange", "BrokerCollector", "MetricsServer
 
 log = logging.getLogger("ringbus.broker.metrics")
 
-WINDOW = 30.0  # seconds per window; latency_ms covers the last one to two windows
-STAGES = ("queue_wait", "processing", "end_to_end")
-SUMMARY_KEYS = ("count", "p50", "p90", "p99", "max")
-# Upper bounds (seconds) of the buckets /metrics shows: Prometheus's defaults, widened to 100 us and 5 min.
-PROMETHEUS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
-                      2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-_BOUNDS_NS = tuple(int(b * 1e9) for b in PROMETHEUS_BUCKETS)
 SNAPSHOT_TIMEOUT = 2.0  # seconds a scrape waits for the loop before it answers with the last snapshot
 
 
-class _Stage:
-    """One stage's two windows and what older windows added up to."""
-
-    __slots__ = ("recent", "previous", "folded", "folded_count", "folded_sum")
-
-    def __init__(self) -> None:
-        self.recent = Histogram()  # recording now
-        self.previous = Histogram()  # the window before
-        self.folded = [0] * len(_BOUNDS_NS)  # cumulative counts at PROMETHEUS_BUCKETS of aged-out windows
-        self.folded_count = 0
-        self.folded_sum = 0  # ns
-
-    def fold(self, histogram: Histogram) -> None:
-        if histogram.count:
-            self.folded = [held + histogram.count_at_or_below(bound) for held, bound in zip(self.folded, _BOUNDS_NS)]
-            self.folded_count += histogram.count
-            self.folded_sum += histogram.sum
-            histogram.reset()
-
-    def summary(self) -> dict[str, float]:
-        """count, p50, p90, p99 and max (ms) of both windows."""
-        both = self.recent
-        if self.previous.count:
-            both = self.previous.copy()
-            both.merge(self.recent)
-        # ms to the microsecond: the buckets are ~3% wide anyway
-        return {"count": both.count, "p50": round(both.percentile(50) / 1e6, 3),
-                "p90": round(both.percentile(90) / 1e6, 3), "p99": round(both.percentile(99) / 1e6, 3),
-                "max": round(both.max / 1e6, 3)}
-
-    def cumulative(self) -> tuple[list[int], int, float]:
-        """(counts <= each of PROMETHEUS_BUCKETS, count, sum in seconds) since the queue was declared."""
-        live = (self.previous, self.recent)
-        counts = [held + sum(h.count_at_or_below(bound) for h in live) for held, bound in zip(self.folded, _BOUNDS_NS)]
-        return counts, self.folded_count + sum(h.count for h in live), (self.folded_sum + sum(h.sum for h in live)) / 1e9
-
-
-class QueueMetrics:
+class QueueMetrics(StageWindows):
     """Latency histograms of one queue, fed by its :class:`QueueBook`.
 
     The hot path is one native call per sample: ``record_processing`` and ``record_end_to_end`` are the
@@ -90,15 +46,7 @@ class QueueMetrics:
     cannot lag a roll by more than a batch).
     """
 
-    __slots__ = ("queue_wait", "processing", "end_to_end", "_roll_at", "_wait", "record_processing",
-                 "record_end_to_end")
-
-    def __init__(self, now: float) -> None:
-        self.queue_wait = _Stage()
-        self.processing = _Stage()
-        self.end_to_end = _Stage()
-        self._roll_at = now + WINDOW
-        self._bind()
+    __slots__ = ("_wait", "record_processing", "record_end_to_end")
 
     def _bind(self) -> None:
         self._wait = self.queue_wait.recent.record_seconds
@@ -110,32 +58,6 @@ class QueueMetrics:
         if now >= self._roll_at:
             self.roll(now)
         return self._wait
-
-
-    def roll(self, now: float) -> None:
-        """Start a new window if the current one is over (a window with nothing in it may pass unrolled)."""
-        if now < self._roll_at:
-            return
-        stale = now >= self._roll_at + WINDOW  # nothing rolled for a whole window: the recent one is old too
-        for stage in (self.queue_wait, self.processing, self.end_to_end):
-            stage.fold(stage.previous)
-            stage.previous, stage.recent = stage.recent, stage.previous
-            if stale:
-                stage.fold(stage.previous)
-        self._roll_at = now + WINDOW
-        self._bind()
-
-    def latency_ms(self, now: float) -> dict[str, dict[str, float]]:
-        """The STATS reply's ``latency_ms``: per stage count, p50, p90, p99 and max in ms over the last 30-60 s."""
-        self.roll(now)
-        return {"queue_wait": self.queue_wait.summary(), "processing": self.processing.summary(),
-                "end_to_end": self.end_to_end.summary()}
-
-    def cumulative(self, now: float) -> dict[str, tuple[list[int], int, float]]:
-        """Per stage, cumulative bucket counts at PROMETHEUS_BUCKETS, count and sum (s): what /metrics shows."""
-        self.roll(now)
-        return {"queue_wait": self.queue_wait.cumulative(), "processing": self.processing.cumulative(),
-                "end_to_end": self.end_to_end.cumulative()}
 
 
 # -- the snapshot the loop hands to the scraping thread -----------------------------------------------------------

@@ -8,6 +8,15 @@ beating: its messages wait for their visibility timeout) from a dead one
 (silent for ``liveness`` beats: its messages are delivered again at once).
 Request-reply speaks Majordomo (RFC 7) to the same endpoint.
 
+When the broker goes away (a crash, a restart) ZeroMQ reconnects on its own,
+each socket after its own random first interval, doubling to
+``RECONNECT_MAX`` (jittered backoff: a restart does not bring every client
+back in the same instant). The bus watches its connection: requests waiting
+when it drops fail at once with :class:`ringbus.PeerGone` (a consume loop
+just asks again), and on reconnecting it says HELLO and re-announces its
+consumers, so a restarted broker knows them without their doing anything.
+Delivery tags of the broker's previous run are stale at the new one.
+
 Like every ZeroMQ socket, a BrokerBus belongs to the thread that made it;
 messages it delivered may be settled from any thread (the settle is handed
 to the owner thread, which sends it at its next call, or within ``SLICE``
@@ -19,13 +28,15 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import random
 import struct
 import threading
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from typing import Any, Iterator
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
 from ringbus.broker.mdp_client import MajordomoClient, MajordomoWorker, ServiceError
@@ -57,6 +68,7 @@ from ringbus.codec import decode, encode
 from ringbus.errors import Closed, Empty, PeerGone, RingbusError
 from ringbus.message import HeaderValue, Message, new_id
 from ringbus.transport._zmq_socket import recv_nowait, send_frames
+from ringbus.transport.curve import CurveClient
 
 __all__ = ["BrokerBus"]
 
@@ -71,7 +83,24 @@ ACK_BATCH = 256
 ACK_HOLD = 0.05
 SEND_CHUNK = 256  # messages per command of a send_many
 FETCH_GRACE = 5.0  # seconds past its wait that a FETCH may take before it is asked again
+# Reconnecting: a socket's first retry comes after a random interval in [RECONNECT_MIN, 3 * RECONNECT_MIN],
+# and each further one after twice the last, up to RECONNECT_MAX.
+RECONNECT_MIN = 0.1
+RECONNECT_MAX = 2.0
+ABANDONED_FETCHES = 1024  # given-up FETCHes remembered, so that a late reply's deliveries are given back
+_LOST: tuple[dict[str, Any], list[bytes]] = ({"__lost__": True}, [])  # a reply that cannot come any more
+# A failed handshake is (almost always) CURVE: a key the broker does not authorise, a wrong server key, or one
+# side without CURVE. Followed to say so when the request fails, rather than "dropped".
+_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
+_CONNECTION_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
 _rid = struct.Struct(">Q").pack
+
+
+def _reconnect_with_backoff(socket: zmq.Socket[Any]) -> None:
+    """Jittered exponential reconnect backoff (libzmq doubles the interval but adds no jitter of its own)."""
+    socket.setsockopt(zmq.RECONNECT_IVL, int(random.uniform(RECONNECT_MIN, 3 * RECONNECT_MIN) * 1000))
+    socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(RECONNECT_MAX * 1000))
 
 
 class _Settle:
@@ -192,18 +221,23 @@ class _BrokerSubscription(Subscription):
 class _Heartbeat(threading.Thread):
     """Beats for a session from a socket of its own, so a busy consumer is not taken for dead."""
 
-    def __init__(self, context: zmq.Context[Any], endpoint: str, session: str, interval: float) -> None:
+    def __init__(self, context: zmq.Context[Any], endpoint: str, session: str, interval: float,
+                 curve: CurveClient | None = None) -> None:
         super().__init__(name=f"ringbus-heartbeat-{session[:8]}", daemon=True)
         self._context = context
+        self._curve = curve
         self._endpoint = endpoint
         self._frames = [SIGNATURE, Command.HEARTBEAT, b"", pack({"session": session})]
-        self._interval = interval
+        self.interval = interval  # the broker's; a restarted one may say otherwise
         self.stopping = threading.Event()
 
     def run(self) -> None:
         socket = self._context.socket(zmq.DEALER)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.SNDHWM, 10)
+        _reconnect_with_backoff(socket)
+        if self._curve is not None:
+            self._curve.apply(socket)
         socket.connect(self._endpoint)
         try:
             while not self.stopping.is_set():
@@ -211,7 +245,7 @@ class _Heartbeat(threading.Thread):
                     socket.send_multipart(self._frames, zmq.NOBLOCK)
                 except zmq.Again:  # broker unreachable: beats are not worth queueing
                     pass
-                self.stopping.wait(self._interval)
+                self.stopping.wait(self.interval)
         finally:
             socket.close(0)
 
@@ -229,12 +263,19 @@ class BrokerBus(Bus):
     hwm : int
         Messages this connection queues each way (ZeroMQ high-water mark). With the broker's ``peer_hwm`` it
         bounds how far an ephemeral subscription may fall behind before the broker drops for it.
+    curve : ringbus.transport.CurveClient, optional
+        For a broker started with ``curve=CurveServer(...)``: this client's key pair and the broker's public key
+        (every socket of the bus, heartbeats and request-reply included, uses them). A broker that does not
+        authorise the key, or a client without one, never gets an answer: calls raise PeerGone after ``timeout``.
     """
 
     unsupported_features: frozenset[str] = frozenset()
 
     def __init__(self, url: str, *, timeout: float = 30.0, hwm: int = 100_000,
-                 context: zmq.Context[Any] | None = None) -> None:
+                 context: zmq.Context[Any] | None = None, curve: CurveClient | None = None) -> None:
+        if curve is not None and not isinstance(curve, CurveClient):
+            raise TypeError(f"curve must be a ringbus.transport.CurveClient or None, not {type(curve).__name__}")
+        self._curve = curve
         self.url = url
         self._timeout = check_seconds("timeout", timeout, allow_zero=False)
         self._heartbeat_interval = 1.0  # until the broker's HELLO says otherwise
@@ -249,6 +290,13 @@ class BrokerBus(Bus):
             raise ValueError(f"hwm must be an int >= 1, got {hwm!r}")
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
+        _reconnect_with_backoff(self._socket)
+        if curve is not None:
+            curve.apply(self._socket)
+        self._monitor = self._socket.get_monitor_socket(_CONNECTION_EVENTS)
+        self._connected_once = False
+        self._handshake_failed = False  # the last handshake with the broker failed (CURVE refused or mismatched)
+        self.reconnects = 0  # times the connection to the broker dropped and came back
         self._socket.connect(url)
         # Settles made in other threads wake the owner through this pipe, polled beside the socket.
         self._wake_r, self._wake_w = os.pipe()
@@ -257,11 +305,16 @@ class BrokerBus(Bus):
         self._poller = zmq.Poller()
         self._poller.register(self._socket, zmq.POLLIN)
         self._poller.register(self._wake_r, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
         self._replies: dict[bytes, tuple[dict[str, Any], list[bytes]] | None] = {}
         self._subscriptions: dict[bytes, _BrokerSubscription] = {}
         self._foreign_settles: deque[tuple[bytes, dict[str, Any]]] = deque()
         self._held_acks: dict[str, list[int]] = {}
         self._held_since: float | None = None
+        self._consuming: Counter[str] = Counter()  # queue -> consume loops running on it
+        self._abandoned: OrderedDict[bytes, str] = OrderedDict()  # FETCH request id -> its queue
+        self._hello_rid = b""  # request id of a HELLO sent after a reconnect
+        self._broker_run: object = None  # what the broker's HELLO said of its run (a restart changes it)
         self._heartbeat: _Heartbeat | None = None
         self._mdp_client: MajordomoClient | None = None
         self._workers: list[MajordomoWorker] = []
@@ -277,8 +330,9 @@ class BrokerBus(Bus):
         if self._heartbeat is None:
             # The broker decides how often it expects to hear from us.
             payload, _ = self._call(Command.HELLO, {"session": self._session})
+            self._broker_run = payload.get("run")
             interval = float(payload.get("heartbeat", self._heartbeat_interval))
-            self._heartbeat = _Heartbeat(self._context, self.url, self._session, interval)
+            self._heartbeat = _Heartbeat(self._context, self.url, self._session, interval, self._curve)
             self._heartbeat.start()
 
     def _notify(self, command: bytes, args: dict[str, Any]) -> None:
@@ -318,6 +372,8 @@ class BrokerBus(Bus):
             self._flush_settles()
 
     def _send_command(self, command: bytes, args: dict[str, Any], frames: list[Any]) -> bytes:
+        if self._monitor.get(zmq.EVENTS) & zmq.POLLIN:
+            self._connection_events()  # a drop seen before this request must not fail it
         self._flush_settles()
         rid = _rid(next(self._rids))
         self._replies[rid] = None
@@ -336,6 +392,8 @@ class BrokerBus(Bus):
                     pass
             except BlockingIOError:
                 pass
+        if self._monitor in ready:
+            self._connection_events()
         if socket not in ready:
             self._flush_settles()
             return
@@ -355,8 +413,14 @@ class BrokerBus(Bus):
                                                                                batch.get("inline", []), frames[4:])],
                                          int(batch.get("dropped", 0)))
                 continue
+            if rid == self._hello_rid:
+                self._hello_rid = b""
+                if status == OK:
+                    self._greeted(unpack(frames[3]))
+                continue
             if rid not in self._replies:
-                continue  # the late reply to a request given up on
+                self._late_reply(rid, status, frames)
+                continue
             payload = unpack(frames[3])
             if status == ERR:
                 payload["__error__"] = True
@@ -370,6 +434,13 @@ class BrokerBus(Bus):
         try:
             while True:
                 reply = self._replies.get(rid)
+                if reply is _LOST and self._handshake_failed:
+                    raise PeerGone(f"the broker at {self.url} refused the connection's security handshake: with "
+                                   "CURVE, is this client's public key among its authorised keys, and is "
+                                   "server_public_key the broker's? (or one side has CURVE and the other not)")
+                if reply is _LOST:
+                    raise PeerGone(f"the connection to the broker at {self.url} dropped before it answered (is it "
+                                   "restarting?); the request may or may not have taken effect")
                 if reply is not None:
                     payload, frames = reply
                     if payload.pop("__error__", False):
@@ -383,6 +454,58 @@ class BrokerBus(Bus):
                 self._pump(min(left, SLICE))
         finally:
             self._replies.pop(rid, None)
+
+    def _connection_events(self) -> None:
+        """Follow the connection: what waits on a dropped one fails; on a new one, tell the broker who we are."""
+        while True:
+            try:
+                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
+            except zmq.Again:
+                return
+            if event == zmq.EVENT_DISCONNECTED:
+                for rid, reply in self._replies.items():
+                    if reply is None:
+                        self._replies[rid] = _LOST
+            elif event & _HANDSHAKE_FAILED:
+                self._handshake_failed = True
+                for rid, reply in self._replies.items():
+                    if reply is None:
+                        self._replies[rid] = _LOST
+            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self._handshake_failed = False
+                if self._connected_once:
+                    self.reconnects += 1
+                    self._hello_again()
+                self._connected_once = True
+
+    def _hello_again(self) -> None:
+        """After a reconnect, a session that consumes says HELLO (answered in :meth:`_greeted`)."""
+        if self._heartbeat is None:
+            return  # nothing to announce: the broker learns a producer's requests as they come
+        self._hello_rid = _rid(next(self._rids))
+        send_frames(self._socket, [SIGNATURE, Command.HELLO, self._hello_rid, pack({"session": self._session})],
+                    block=True)
+
+    def _greeted(self, payload: dict[str, Any]) -> None:
+        """The broker answered a HELLO after a reconnect: if it is a new run, it must hear of our consumers."""
+        if self._heartbeat is not None:
+            self._heartbeat.interval = float(payload.get("heartbeat", self._heartbeat.interval))
+        run = payload.get("run")
+        if run == self._broker_run:
+            return  # the same broker (the connection only blinked): it still counts them
+        self._broker_run = run
+        for queue, loops in self._consuming.items():
+            for _ in range(loops):
+                self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})
+
+    def _late_reply(self, rid: bytes, status: bytes, frames: list[Any]) -> None:
+        """The reply to a request given up on: deliveries of a FETCH go back at once (nobody will settle them)."""
+        queue = self._abandoned.pop(rid, None)
+        if queue is None or status != OK:
+            return
+        tags = unpack(frames[3]).get("tags")
+        if tags:
+            self._notify(Command.RELEASE, {"queue": queue, "tags": tags})
 
     def _call(self, command: bytes, args: dict[str, Any], frames: list[Any] | None = None,
               timeout: float | None = None) -> tuple[dict[str, Any], list[bytes]]:
@@ -444,13 +567,16 @@ class BrokerBus(Bus):
         """One FETCH: up to ``max_items`` deliveries, waiting up to ``wait`` seconds at the broker for the first."""
         # A long poll unanswered well past its wait means the broker went away (a restarted broker never saw
         # it): give up on it soon and let the caller ask again, rather than waiting out the command timeout.
+        rid = self._send_command(Command.FETCH, {"queue": queue, "max": max_items, "wait": wait,
+                                                 "session": self._session}, [])
         try:
-            payload, frames = self._call(Command.FETCH, {"queue": queue, "max": max_items, "wait": wait,
-                                                         "session": self._session},
-                                         timeout=wait + min(self._timeout, FETCH_GRACE))
+            payload, frames = self._wait_reply(rid, wait + min(self._timeout, FETCH_GRACE))
         except PeerGone:
             if self._closed:
                 raise
+            self._abandoned[rid] = queue  # a broker that got it after all may still deliver to it
+            if len(self._abandoned) > ABANDONED_FETCHES:
+                self._abandoned.popitem(last=False)
             return []
         messages = []
         for tag, wire in zip(payload["tags"], split_batch(payload["frames"], payload.get("inline", []), frames)):
@@ -485,6 +611,7 @@ class BrokerBus(Bus):
         consumer = _Consumer()
         buffer: deque[Message] = deque()
         self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})
+        self._consuming[queue] += 1
         idle_since = time.monotonic()
         try:
             while not self._closed:
@@ -506,6 +633,9 @@ class BrokerBus(Bus):
         except Closed:
             return
         finally:
+            self._consuming[queue] -= 1
+            if not self._consuming[queue]:
+                del self._consuming[queue]
             if not self._closed:
                 self._flush_settles()
                 if buffer:  # prefetched, never seen: back to the queue without counting an attempt
@@ -561,7 +691,7 @@ class BrokerBus(Bus):
         timeout = check_seconds("timeout", timeout)
         message = as_message(body)
         if self._mdp_client is None:
-            self._mdp_client = MajordomoClient(self.url, context=self._context)
+            self._mdp_client = MajordomoClient(self.url, context=self._context, curve=self._curve)
         frames = [bytes(frame) for frame in encode(message)]
         try:
             reply = self._mdp_client.request(service, *frames, timeout=timeout)
@@ -574,7 +704,7 @@ class BrokerBus(Bus):
     def serve(self, service: str, handler: Handler, *, stop: threading.Event | None = None) -> None:
         self._check_open()
         check_name("service", service)
-        worker = MajordomoWorker(self.url, service, context=self._context)
+        worker = MajordomoWorker(self.url, service, context=self._context, curve=self._curve)
         self._workers.append(worker)
 
         def answer(frames: list[bytes]) -> list[bytes]:
@@ -607,6 +737,11 @@ class BrokerBus(Bus):
             self._heartbeat.join(2.0)
         if self._mdp_client is not None and threading.get_ident() == self._owner:
             self._mdp_client.close()
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
         if threading.get_ident() == self._owner:
             self._socket.close(linger=1000)  # let BYE and the last settles reach the broker
         else:

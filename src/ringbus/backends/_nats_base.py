@@ -35,6 +35,9 @@ __all__ = ["CoreBase", "Delivery", "Queue"]
 
 log = logging.getLogger("ringbus.backends.nats")
 
+# Subjects are one space per account: without a prefix, ringbus's streams would capture other applications'
+# subjects such as "t.>" - hence a default one.
+DEFAULT_PREFIX = "ringbus."
 RECONNECT_FIRST, RECONNECT_CAP = 0.05, 2.0  # reconnect backoff: doubling from 50 ms up to 2 s, with jitter
 _replace = msgspec.structs.replace
 _json = msgspec.json.encode
@@ -130,7 +133,8 @@ class CoreBase:
     url : str
         ``nats://[user:password@]host:port[,host:port...]?prefix=name.`` (``tls://`` too).
     prefix : str or None
-        Subject prefix of every subject and stream this core uses (the query's ``prefix`` when None).
+        Subject prefix of every subject and stream this core uses (the query's ``prefix`` when None; default
+        ``ringbus.``).
     timeout : float
         Seconds to wait for NATS to answer one request before :class:`ringbus.PeerGone`.
     retention : int
@@ -141,7 +145,7 @@ class CoreBase:
                  retention: int = 100_000) -> None:
         parts = urlsplit(url)
         found = [value for name, value in parse_qsl(parts.query) if name == "prefix"]
-        self.prefix = wire.check_prefix(prefix if prefix is not None else (found[-1] if found else ""))
+        self.prefix = wire.check_prefix(prefix if prefix is not None else (found[-1] if found else DEFAULT_PREFIX))
         if isinstance(retention, bool) or not isinstance(retention, int) or retention < 1:
             raise ValueError(f"retention must be an int >= 1, got {retention!r}")
         self.retention = retention

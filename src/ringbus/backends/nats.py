@@ -165,20 +165,27 @@ class _Settle:
             self.credit.settled()
             self.credit = None
 
+    # A settle that raises (lease ran out, bus closed) also ends the message's hold on its consume loop's credit.
     def ack(self, message: Message) -> None:
-        if self.credit is not None:  # a consume loop: acks go out without waiting (confirmed when the loop ends)
-            self.bus._core.ack_soon(self.delivery)
+        try:
+            if self.credit is not None:  # a consume loop: acks go out without waiting (confirmed when it ends)
+                self.bus._core.ack_soon(self.delivery)
+            else:
+                self.bus._run(self.bus._core.ack(self.delivery))
+        finally:
             self._done()
-            return
-        self.bus._run(self.bus._core.ack(self.delivery))
 
     def nack(self, message: Message, requeue: bool, delay: float | None) -> None:
-        self.bus._run(self.bus._core.nack(self.delivery, requeue, delay))
-        self._done()
+        try:
+            self.bus._run(self.bus._core.nack(self.delivery, requeue, delay))
+        finally:
+            self._done()
 
     def reject(self, message: Message) -> None:
-        self.bus._run(self.bus._core.reject(self.delivery))
-        self._done()
+        try:
+            self.bus._run(self.bus._core.reject(self.delivery))
+        finally:
+            self._done()
 
 
 class _NatsSubscription(Subscription):
@@ -237,8 +244,8 @@ class NatsBus(Bus):
     ----------
     url : str
         ``nats://[user:password@]host:port[,host2:port...]`` plus ``prefix=`` in the query: every subject and
-        stream this bus uses starts with it (e.g. ``prefix=shop.``; default none), so several ringbus namespaces
-        can share one NATS account.
+        stream this bus uses starts with it (e.g. ``prefix=shop.``; default ``ringbus.``), so several ringbus
+        namespaces (and other applications) share one NATS account.
     prefix : str
         The same as the query parameter (the keyword wins).
     timeout : float
@@ -297,6 +304,17 @@ class NatsBus(Bus):
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _stop_loop(self) -> None:
+        """End the loop thread, cancelling what still runs on it (nothing is left to wait for)."""
+        async def cancel_the_rest() -> None:
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_the_rest(), self._loop).result(5.0)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5.0)
         if not self._thread.is_alive():

@@ -84,7 +84,8 @@ _STAT = re.compile(r"stat::(\w+):\s+(\d+)")
 @tiers(FAST_SECONDS, FULL_SECONDS, "seconds")
 def test_atheris_finds_no_crash(target: str, seconds: int, tmp_path: Path) -> None:
     corpus, seed_dir, artifacts = tmp_path / "corpus", tmp_path / "seeds", tmp_path / "artifacts"
-    for d in (corpus, seed_dir, artifacts):
+    scratch = tmp_path / "scratch"
+    for d in (corpus, seed_dir, artifacts, scratch):
         d.mkdir()
     for i, data in enumerate(seeds(target)):
         (seed_dir / f"seed-{i}").write_bytes(data)
@@ -94,7 +95,7 @@ def test_atheris_finds_no_crash(target: str, seconds: int, tmp_path: Path) -> No
                str(corpus), str(seed_dir)]
     started = time.monotonic()
     done = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=seconds + 120,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+                          env={**os.environ, "PYTHONWARNINGS": "ignore", "RINGBUS_FUZZ_SCRATCH": str(scratch)})
     stats = {name: int(value) for name, value in _STAT.findall(done.stderr)}
     crashes = sorted(artifacts.iterdir())
     record(f"fuzz.atheris.{target}", engine="atheris", seconds=seconds, wall=round(time.monotonic() - started, 1),

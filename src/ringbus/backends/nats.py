@@ -52,10 +52,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Coroutine, Generator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
-from ringbus.backends._nats_core import Delivery, NatsCore, TopicTap
 from ringbus.backends._nats_wire import UNSUPPORTED
 from ringbus.bus import (
     Bus,
@@ -71,6 +70,9 @@ from ringbus.bus import (
 )
 from ringbus.errors import Closed, PeerGone, RingbusError, Unsupported
 from ringbus.message import HeaderValue, Message
+
+if TYPE_CHECKING:
+    from ringbus.backends._nats_core import Delivery, NatsCore, TopicTap
 
 __all__ = ["NatsBus"]
 
@@ -261,7 +263,11 @@ class NatsBus(Bus):
                  retention: int = 100_000) -> None:
         self.url = url
         self._timeout = check_seconds("timeout", timeout, allow_zero=False) or 10.0
-        self._core = NatsCore(url, prefix=prefix, timeout=self._timeout, retention=retention)
+        try:
+            from ringbus.backends._nats_core import NatsCore
+        except ImportError as exc:  # pragma: no cover - only without the optional dependency
+            raise Unsupported(f"the nats:// backend needs nats-py: pip install 'nats-py>=2.6' ({exc})") from None
+        self._core: NatsCore = NatsCore(url, prefix=prefix, timeout=self._timeout, retention=retention)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="ringbus-nats", daemon=True)
         self._thread.start()

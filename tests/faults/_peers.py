@@ -225,8 +225,9 @@ def clients(url: str, first: str, count: str) -> None:
     stop.wait()  # the consumer threads end with the process
 
 
-def flood(url: str, count: str, seed: str) -> None:
-    """``count`` malformed multipart messages of every kind on one DEALER; prints ``sent N``."""
+def flood(url: str, count: str, seed: str, burst: str, pause: str) -> None:
+    """``count`` malformed multipart messages of every kind on one DEALER, ``burst`` at a time back to back
+    with ``pause`` seconds between bursts; prints ``sent N``."""
     import msgspec
     import zmq
 
@@ -250,11 +251,12 @@ def flood(url: str, count: str, seed: str) -> None:
     sock.setsockopt(zmq.SNDHWM, 0)
     sock.setsockopt(zmq.RCVHWM, 0)
     sock.connect(url)
-    for i in range(int(count)):
+    for i in range(1, int(count) + 1):
         sock.send_multipart(rng.choice(kinds)())
-        if i % 500 == 0:
+        if i % int(burst) == 0:
             while sock.poll(0):  # the error replies: read, so they do not pile up
                 sock.recv_multipart()
+            time.sleep(float(pause))
     sock.close()
     print(f"sent {count}", flush=True)
 

@@ -17,6 +17,50 @@ def _bench(args: argparse.Namespace) -> int:
     return run_cli(args)
 
 
+def _read_keys(path: str, what: str) -> list[str]:
+    """Z85 keys from a file, one per line; blank lines and ``#`` comments are skipped."""
+    try:
+        with open(path, encoding="ascii") as file:
+            text = file.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise _config.UsageError(f"{what} {path}: {exc}") from None
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _broker_curve(args: argparse.Namespace) -> object | None:
+    """The CurveServer the CURVE flags ask for, or None when both are absent."""
+    if args.curve_secret_key_file is None and args.authorized_keys_file is None:
+        return None
+    if args.curve_secret_key_file is None or args.authorized_keys_file is None:
+        raise _config.UsageError("--curve-secret-key-file and --authorized-keys-file go together: CURVE needs the "
+                                 "server's key and the clients it admits")
+    import zmq
+
+    from ringbus.transport import CurveServer
+
+    secret = _read_keys(args.curve_secret_key_file, "--curve-secret-key-file")
+    if len(secret) != 1:
+        raise _config.UsageError(f"--curve-secret-key-file {args.curve_secret_key_file}: expected one Z85 secret "
+                                 f"key (40 characters), found {len(secret)} line(s)")
+    try:
+        public = zmq.curve_public(secret[0].encode())
+        return CurveServer(secret[0], public, _read_keys(args.authorized_keys_file, "--authorized-keys-file"))
+    except (ValueError, zmq.ZMQError) as exc:
+        raise _config.UsageError(f"CURVE: {exc}") from None
+
+
+def _curve_keypair(args: argparse.Namespace) -> int:
+    from ringbus.transport import curve_keypair
+
+    public, secret = curve_keypair()
+    print(f"public {public.decode()}")
+    print(f"secret {secret.decode()}")
+    # Z85 keys may hold '#': the explanation goes to stderr, never on the key lines
+    print("the public key goes to the other side (a broker's --authorized-keys-file, a client's server key); "
+          "keep the secret one private (a broker's --curve-secret-key-file, a client's CurveClient)", file=sys.stderr)
+    return 0
+
+
 def _broker(args: argparse.Namespace) -> int:
     import logging
     import signal
@@ -28,7 +72,7 @@ def _broker(args: argparse.Namespace) -> int:
     broker = Broker(args.data, args.bind, fsync=args.fsync, heartbeat=args.heartbeat,
                     retention_seconds=args.retention_hours * 3600.0,
                     retention_bytes=int(args.retention_mb * 1024 * 1024), peer_hwm=args.peer_hwm,
-                    metrics=args.metrics, metrics_port=args.metrics_port)
+                    metrics=args.metrics, metrics_port=args.metrics_port, curve=_broker_curve(args))
 
     def stop(signum: int, frame: object) -> None:
         broker.stop(timeout=0)
@@ -137,8 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
                         help="keep no latency histograms (STATS then has no latency_ms; counters stay)")
     broker.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
                         help="serve Prometheus /metrics on 127.0.0.1:PORT (0 = a free port; default: none)")
+    broker.add_argument("--curve-secret-key-file", default=None, metavar="PATH",
+                        help="encrypt and authenticate with CURVE: a file holding the broker's Z85 secret key "
+                             "(`ringbus curve-keypair` makes one); needs --authorized-keys-file")
+    broker.add_argument("--authorized-keys-file", default=None, metavar="PATH",
+                        help="the Z85 public keys of the clients CURVE admits, one per line (# comments); "
+                             "an empty list refuses to start")
     broker.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     broker.set_defaults(handler=_broker)
+
+    keypair = commands.add_parser("curve-keypair", help="print a new CURVE key pair (Z85) for a broker or a client")
+    keypair.set_defaults(handler=_curve_keypair)
 
     stats = commands.add_parser("stats", help="print a broker's queues, depths, in-flight, dead letters, rates")
     stats.add_argument("--url", default=DEFAULT_ENDPOINT, help=f"the broker (default: {DEFAULT_ENDPOINT})")

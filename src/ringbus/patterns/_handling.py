@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -10,6 +11,7 @@ from ringbus.bus import Bus
 from ringbus.errors import Closed, RingbusError, Unsupported
 from ringbus.message import Message
 from ringbus.patterns._retry import RetryPolicy
+from ringbus.patterns._stats import PatternLatency, StatsCounter
 
 __all__ = ["Reject", "Dispatcher", "send_deduplicated", "DEAD_REASON", "DEAD_FROM", "ERROR_HEADER", "ERROR_TYPE_HEADER",
            "ATTEMPTS_HEADER"]
@@ -24,6 +26,8 @@ ATTEMPTS_HEADER = "ringbus-attempts"  # deliveries it had, this one included
 MAX_ERROR_TEXT = 2000  # characters of the error kept in the header
 
 Count = Callable[..., None]
+_DONE, _FAILED, _SKIPPED = 0, 1, 2  # what _handle did with a delivery
+_monotonic = time.monotonic
 
 
 
@@ -64,10 +68,16 @@ class Dispatcher:
       worker's bus closes.
 
     ``count(**deltas)`` receives processed/failed/retried/dead_lettered/in_flight/skipped changes.
+
+    ``latency`` receives each handled delivery's queue wait, processing time and end-to-end time
+    (:class:`PatternLatency`; skipped deliveries are not handled); by default it is the recorder of the
+    :class:`StatsCounter` whose ``add`` is ``count``, if it is one and keeps latency. A sample is a
+    monotonic clock read before and after the handler, and three native histogram calls.
     """
 
     def __init__(self, queue: str, handler: Callable[[Message], Any], *, retry: RetryPolicy, max_attempts: int,
-                 dead_letter: str, count: Count, idempotency: Any = None, log: logging.Logger | None = None) -> None:
+                 dead_letter: str, count: Count, idempotency: Any = None, log: logging.Logger | None = None,
+                 latency: PatternLatency | None = None) -> None:
         self.queue = queue
         self.handler = handler
         self.retry = retry
@@ -76,16 +86,26 @@ class Dispatcher:
         self.count = count
         self.idempotency = idempotency
         self.log = log or logging.getLogger("ringbus.patterns")
+        if latency is None:
+            owner = getattr(count, "__self__", None)
+            if isinstance(owner, StatsCounter):
+                latency = owner.latency_recorder()
+        self.latency = latency
 
     def __call__(self, bus: Bus, message: Message) -> None:
         count = self.count
+        latency = self.latency
         count(in_flight=1)
+        started = _monotonic() if latency is not None else 0.0
         try:
-            self._handle(bus, message)
+            outcome = self._handle(bus, message)
         finally:
             count(in_flight=-1)
+        if latency is not None and outcome != _SKIPPED:
+            latency.record(message, started, _monotonic(), outcome == _DONE)
 
-    def _handle(self, bus: Bus, message: Message) -> None:
+    def _handle(self, bus: Bus, message: Message) -> int:
+        """Run and settle; returns _DONE (handled and acked), _FAILED (retried or dead-lettered) or _SKIPPED."""
         store = self.idempotency
         try:
             if store is not None:
@@ -93,13 +113,14 @@ class Dispatcher:
                 if store.seen(key):
                     self._settle(message, "ack")
                     self.count(skipped=1)
-                    return
+                    return _SKIPPED
             self.handler(message)
             if store is not None:
                 store.mark(key)
         except Reject as exc:
             self.count(failed=1)
             self._dead_letter(bus, message, exc, "rejected")
+            return _FAILED
         except Exception as exc:  # noqa: BLE001 - any handler failure is retried or dead-lettered
             self.count(failed=1)
             failures = message.attempts + 1
@@ -111,9 +132,10 @@ class Dispatcher:
                               self.queue, failures, self.max_attempts, delay, _error_text(exc))
                 self._settle(message, "nack", delay)
                 self.count(retried=1)
-        else:
-            self._settle(message, "ack")
-            self.count(processed=1)
+            return _FAILED
+        self._settle(message, "ack")
+        self.count(processed=1)
+        return _DONE
 
     def _settle(self, message: Message, action: str, delay: float | None = None) -> None:
         """Ack or nack; a delivery that is no longer ours (its lease ran out) is logged, not raised."""

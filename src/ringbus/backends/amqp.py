@@ -81,6 +81,7 @@ SUBSCRIBER_BUFFER = 10_000
 DELAY_KEEP_MS = 60_000  # a delay queue outlives its delay by this long unused (x-expires)
 SERVICE_KEEP_MS = 60_000  # a service queue without servers or callers goes after this long
 CATALOG_WAIT = 10.0
+CLOSE_POLL = 0.002  # seconds between looks at a closing channel (nothing else ends that wait early)
 DEAD_REASON = "ringbus-dead-reason"
 DEAD_FROM = "ringbus-dead-from"
 
@@ -140,11 +141,51 @@ class _Catalog:
         self.records: dict[str, dict[str, Any]] = {}
         self.tokens: set[str] = set()
         self.offset = 0
+        self.served = False  # this process saw RabbitMQ take a publication into the stream
+
+
+_CATALOG_ARGUMENTS = {"x-queue-type": "stream"}
 
 
 _catalogs: dict[tuple[Any, ...], _Catalog] = {}
 _made: dict[tuple[Any, ...], set[str]] = {}  # service queues this process declared, per namespace (to drop them)
 _catalogs_lock = threading.Lock()
+
+
+def _catalog_served(params: Any, queue: str, catalog: _Catalog) -> None:
+    """Make sure the catalog stream exists and RabbitMQ serves it, before a Bus's own connection uses it.
+
+    Connections that declare a new stream at once race in RabbitMQ 3.10: one declare creates it, the others return
+    before it runs, and their first publication kills their connection (541 INTERNAL_ERROR, or 506 "Stream not
+    found"). A connection of its own takes that risk here: it declares the stream and publishes a marker with a
+    confirm, on a new connection each time, until that works. Once per process and namespace.
+    """
+    with catalog.lock:
+        if catalog.served:
+            return
+        deadline = time.monotonic() + CATALOG_WAIT
+        while True:
+            try:
+                connection = pika.BlockingConnection(params)
+            except pika_errors.AMQPError as exc:
+                raise PeerGone(f"cannot connect to RabbitMQ at {params.host}:{params.port}: {exc!r}") from None
+            try:
+                channel = connection.channel()
+                channel.confirm_delivery()
+                channel.queue_declare(queue, durable=True, arguments=_CATALOG_ARGUMENTS)
+                channel.basic_publish("", queue, _json({"marker": True}), pika.BasicProperties(delivery_mode=2),
+                                      mandatory=True)
+                catalog.served = True
+                return
+            except (pika_errors.AMQPConnectionError, pika_errors.AMQPChannelError) as exc:
+                if time.monotonic() > deadline:
+                    raise PeerGone(f"RabbitMQ did not serve the catalog stream {queue!r} within {CATALOG_WAIT} s: "
+                                   f"{exc!r}") from None
+                log.debug("the catalog stream %r is not served yet (%r); trying again", queue, exc)
+                time.sleep(SLICE)
+            finally:
+                if connection.is_open:
+                    connection.close()
 
 
 def _unsupported(feature: str) -> Unsupported:
@@ -193,6 +234,10 @@ class _Inbox:
             return items
 
 
+def _wake() -> None:
+    """Handed to pika from another thread: it ends the I/O thread's wait, which then runs the calls handed over."""
+
+
 class _Io(threading.Thread):
     """Owns the pika connection: runs the calls handed to it, dispatches deliveries, expires leases."""
 
@@ -209,6 +254,7 @@ class _Io(threading.Thread):
         self.dead = False
         self.error: BaseException | None = None
         self._pending: set[Future[Any]] = set()
+        self._calls: deque[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
         self._lock = threading.Lock()
         self.ticks: list[Callable[[], None]] = []
 
@@ -219,33 +265,47 @@ class _Io(threading.Thread):
         return self._probe
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on the I/O thread; its result, or its exception raised here."""
         if threading.get_ident() == self.ident:
             return fn(*args)
         future: Future[Any] = Future()
-
-        def run() -> None:
-            if not future.set_running_or_notify_cancel():
-                return
-            try:
-                future.set_result(fn(*args))
-            except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                future.set_exception(exc)
-
         with self._lock:
             if self.dead:
                 raise PeerGone(f"the connection to RabbitMQ is gone ({self.error!r})")
             self._pending.add(future)
+            self._calls.append((future, fn, args))
         try:
-            self.conn.add_callback_threadsafe(run)
+            try:
+                self.conn.add_callback_threadsafe(_wake)
+            except pika_errors.AMQPError as exc:  # closed under us: run() fails the pending calls as it ends
+                log.debug("could not wake the I/O thread: %r", exc)
             return future.result()
         finally:
             with self._lock:
                 self._pending.discard(future)
 
+    def _run_calls(self) -> None:
+        """The calls handed over so far, each to its end. They run here, between two process_data_events, never
+        inside pika's dispatch of a callback: there a nested process_data_events dispatches nothing, so a channel
+        call that waits for deliveries (the catalog reader) would only get them at its inactivity timeout, and
+        deliveries pika holds would not reach their inboxes before a cancel."""
+        while True:
+            with self._lock:
+                if not self._calls:
+                    return
+                future, fn, args = self._calls.popleft()
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn(*args))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
     def run(self) -> None:
         try:
             while not self.stopping:
                 self.conn.process_data_events(time_limit=SLICE)
+                self._run_calls()
                 for tick in self.ticks:
                     tick()
         except BaseException as exc:  # noqa: BLE001 - reported to every waiting call
@@ -427,6 +487,7 @@ class AmqpBus(Bus):
         self._reply_consumer: str | None = None
         self._declared: set[str] = set()
         self._subscriptions: list[_AmqpSubscription] = []
+        _catalog_served(params, self._catalog_queue, self._catalog)
         self._io = _Io(params, f"ringbus-amqp-{new_id()[:8]}")
         self._io.ticks.append(self._expire_leases)
         self._io.start()
@@ -452,7 +513,7 @@ class AmqpBus(Bus):
             raise Closed(f"bus {self.url!r} is closed")
 
     def _setup(self) -> None:
-        self._io.ch.queue_declare(self._catalog_queue, durable=True, arguments={"x-queue-type": "stream"})
+        self._io.ch.queue_declare(self._catalog_queue, durable=True, arguments=_CATALOG_ARGUMENTS)
 
     # -- encoding -----------------------------------------------------------------------------------------------
     def _properties(self, message: Message, attempts: int, expires: float | None,
@@ -579,7 +640,7 @@ class AmqpBus(Bus):
         channel._impl.close()
         deadline = time.monotonic() + CATALOG_WAIT
         while not channel.is_closed and time.monotonic() < deadline:
-            self._io.conn.process_data_events(time_limit=SLICE)
+            self._io.conn.process_data_events(time_limit=CLOSE_POLL)
 
     def _record(self, name: str, sync: bool = True) -> dict[str, Any] | None:
         record = self._catalog.records.get(name)

@@ -183,13 +183,23 @@ class Queue:
             self._delayed = [item for item in self._delayed if item[2] is not entry]
             heapq.heapify(self._delayed)
         elif state == IN_FLIGHT:
-            del self._in_flight[entry.tag]
+            self._end_lease(entry.tag)
         if self._waiting is not None:
             self._waiting.pop(entry.seq, None)
         entry.state = GONE
         key = entry.message.key
         if self.options.ordered_by_key and key is not None and state != BLOCKED:
             self._release_key(key, now)
+
+    def _end_lease(self, tag: int) -> None:
+        """A delivery was settled or given back. Its item stays in the lease heap (skipped when due) until such
+        items outnumber the live ones: then the heap is rebuilt, so a settled message's memory is freed at
+        once instead of after its visibility timeout (throughput x timeout of acked messages, otherwise)."""
+        del self._in_flight[tag]
+        if len(self._leases) > 2 * len(self._in_flight) + 64:
+            live = self._in_flight
+            self._leases = [item for item in self._leases if live.get(item[1]) is item[2]]
+            heapq.heapify(self._leases)
 
     def _release_key(self, key: str, now: float) -> None:
         backlog = self._blocked.get(key)
@@ -468,7 +478,7 @@ class QueueBook:
         return count
 
     def _return(self, queue: Queue, entry: Entry, now: float, delay: float | None) -> None:
-        del queue._in_flight[entry.tag]
+        queue._end_lease(entry.tag)
         entry.holder = None
         if entry.deliveries >= queue.options.max_attempts:
             entry.state = GONE

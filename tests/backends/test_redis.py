@@ -110,6 +110,37 @@ def test_drop_oldest_drops_a_delayed_message_when_none_is_ready(url):
         assert (letter.id, letter.headers["ringbus-dead-reason"]) == (old, "overflow")
 
 
+def test_a_message_behind_higher_priorities_expires_in_time(url):
+    """A fetch reads from the highest priority down: the low message is never read while highs keep coming, yet
+    its ttl sends it to the dead-letter queue (the expiry index), not only once the highs run out."""
+    with connect(url) as bus:
+        bus.declare_queue("jobs")
+        low = bus.send("jobs", b"low", ttl=0.2)
+        for n in range(3):  # a high always waits when a fetch comes, while the low one's ttl runs out
+            bus.send("jobs", b"high", priority=5)
+            if n == 1:
+                time.sleep(0.3)
+            high = bus.receive("jobs", timeout=WAIT)
+            assert bytes(high.body) == b"high"
+            high.ack()
+        letter = bus.receive("jobs.dlq", timeout=0)
+        assert (letter.id, letter.headers["ringbus-dead-reason"]) == (low, "expired")
+        assert bus.queue_stats("jobs").expired == 1
+
+
+def test_an_expired_message_leaves_a_queue_whose_consumers_are_all_busy(url):
+    """Nobody fetches from "jobs" (its one consumer is busy with a message): a fetch elsewhere under the prefix
+    expires what waits there past its ttl."""
+    with connect(url) as bus:
+        bus.declare_queue("jobs")
+        bus.send("jobs", b"long job")
+        busy = bus.receive("jobs", timeout=WAIT)
+        doomed = bus.send("jobs", b"short-lived", ttl=0.2)
+        letter = bus.receive("jobs.dlq", timeout=WAIT)
+        assert (letter.id, letter.headers["ringbus-dead-reason"]) == (doomed, "expired")
+        busy.ack()
+
+
 def test_a_durable_group_is_bound_to_one_pattern(url):
     with connect(url) as bus:
         bus.subscribe("a.*", group="billing", durable=True).close()

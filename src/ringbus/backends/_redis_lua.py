@@ -8,9 +8,12 @@ Keys of queue ``Q`` under the url's prefix ``P`` (see docs/backends.md):
 - ``P q:{Q}:prios`` sorted set of the priority levels that have a stream; ``P q:{Q}:s:<priority>`` one stream per
   level, consumer group ``g``; entry ids are ``0-<n>`` from the global counter ``P seq`` (comparable across levels)
 - ``P q:{Q}:delayed`` sorted set (score: due time in ms) of msgpack-packed messages
+- ``P q:{Q}:expiry`` sorted set (score: expiry in ms) of ``<priority>|<entry id>``: the waiting entries with a ttl,
+  so that one expires where it waits, even behind a backlog of higher priorities that no fetch gets past
 - ``P q:{Q}:holders`` hash key -> 1 and ``P q:{Q}:blocked:<key>`` lists (ordered_by_key)
 - ``P q:{Q}:dedup:<id>`` string with expiry (dedup window)
 - ``P q:{Q}:r:<s|a>:<second>`` rate counters (expire after 10 s)
+- ``P expiring`` sorted set: each queue with an entry in its ``expiry`` set, scored (about) by the soonest one
 - ``P queues`` set of names; ``P groups`` hash group -> pattern; ``P topiclog`` stream of publications
 
 A message in a stream is the fields ``h`` (ringbus header frame), ``b`` (body frame, absent when inline), ``a``
@@ -60,8 +63,17 @@ local function stream_add(q, m)
     redis.pcall('XGROUP', 'CREATE', s, 'g', '0', 'MKSTREAM')
   end
   m.hold = nil
-  redis.call('XADD', s, '0-' .. redis.call('INCR', P .. 'seq'), unpack(tofields(m)))
+  local id = '0-' .. redis.call('INCR', P .. 'seq')
+  redis.call('XADD', s, id, unpack(tofields(m)))
+  if m.x > 0 then
+    redis.call('ZADD', K(q, 'expiry'), m.x, m.p .. '|' .. id)
+    redis.call('ZADD', P .. 'expiring', 'LT', m.x, q)
+  end
   redis.call('HINCRBY', K(q, 'st'), 'ready', 1)
+end
+local function unindex(q, level, id, m)
+  -- the entry leaves the waiting ones (delivered or removed): its ttl is no longer the sweep's business
+  if m.x > 0 then redis.call('ZREM', K(q, 'expiry'), level .. '|' .. id) end
 end
 local function admit(q, o, m)
   if o.ordered_by_key == '1' and m.k ~= '' and not m.hold then
@@ -121,6 +133,7 @@ local function make_room(q, o, depth)
   local e, level = oldest_ready(q)
   if e then
     redis.call('XDEL', K(q, 's:' .. level), e[1])
+    unindex(q, level, e[1], fromfields(e[2]))
     redis.call('HINCRBY', K(q, 'st'), 'ready', -1)
     drop_level_if_empty(q, level)
     dead(q, o, fromfields(e[2]), 'overflow', depth)
@@ -178,6 +191,31 @@ local function give_back(q, o, s, id, now)
   comeback(q, o, m, 0, now)
   return true
 end
+local function expire_waiting(q, o, now)
+  -- entries waiting in q past their ttl, wherever they wait (a fetch reads only from the highest priority down)
+  for _, member in ipairs(redis.call('ZRANGEBYSCORE', K(q, 'expiry'), '-inf', now, 'LIMIT', 0, 1000)) do
+    redis.call('ZREM', K(q, 'expiry'), member)
+    local level, id = string.match(member, '^(.-)|(.+)$')
+    local s = K(q, 's:' .. level)
+    local e = redis.call('XRANGE', s, id, id)
+    if e[1] and not redis.call('XPENDING', s, 'g', id, id, 1)[1] then
+      redis.call('XDEL', s, id)
+      redis.call('HINCRBY', K(q, 'st'), 'ready', -1)
+      drop_level_if_empty(q, level)
+      dead(q, o, fromfields(e[1][2]), 'expired')
+    end
+  end
+  local soonest = redis.call('ZRANGE', K(q, 'expiry'), 0, 0, 'WITHSCORES')
+  if soonest[2] then redis.call('ZADD', P .. 'expiring', soonest[2], q) else redis.call('ZREM', P .. 'expiring', q) end
+end
+local function expire_everywhere(now)
+  -- every script that maintains a queue also expires what waits past its ttl in any queue of the prefix: a
+  -- queue whose consumers are all busy (or which nobody reads) still sends its expired messages on in time
+  for _, q in ipairs(redis.call('ZRANGEBYSCORE', P .. 'expiring', '-inf', now, 'LIMIT', 0, 16)) do
+    local o = opts(q)
+    if o then expire_waiting(q, o, now) else redis.call('ZREM', P .. 'expiring', q) end
+  end
+end
 local function maintain(q, o, now, reclaim)
   -- delayed messages that are due join their stream (or their key's line)
   local due = redis.call('ZRANGEBYSCORE', K(q, 'delayed'), '-inf', now, 'LIMIT', 0, 1000)
@@ -186,6 +224,7 @@ local function maintain(q, o, now, reclaim)
     local m = cmsgpack.unpack(packed)
     if m.x > 0 and m.x <= now then dead(q, o, m, 'expired') else admit(q, o, m) end
   end
+  expire_everywhere(now)
   if not reclaim then return end
   -- leases past the visibility timeout (a slow or dead consumer): the message comes back, one more attempt
   local vt = math.floor(tonumber(o.visibility_timeout) * 1000)
@@ -262,6 +301,7 @@ if count > 0 then
       if not r or not r[1] or #r[1][2] == 0 then break end
       for _, e in ipairs(r[1][2]) do
         local m = fromfields(e[2])
+        unindex(q, level, e[1], m)
         redis.call('HINCRBY', st, 'ready', -1)
         if m.x > 0 and m.x <= now then
           redis.call('XACK', s, 'g', e[1])

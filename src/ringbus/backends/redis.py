@@ -13,8 +13,9 @@ change together. How each feature maps to Redis is in docs/backends.md; the keys
   messages of higher priority). A message's deliveries so far travel in its entry, since each entry is delivered
   once (``XREADGROUP >``).
 - **Delays, nack backoff**: a sorted set by due time, moved into the streams by the fetch script.
-- **Maintenance is lazy**: expiries, due delays and lapsed leases are applied when someone fetches from (or asks
-  the stats of) the queue; a queue nobody reads keeps an expired message until then.
+- **Maintenance is lazy**: due delays and lapsed leases are applied when someone fetches from (or asks the stats
+  of) the queue. Expiries are applied by every send, fetch or stats call under the prefix, in every queue (an
+  expiry index per queue): a message expires where it waits, even behind higher priorities no fetch gets past.
 - **Topics**: ephemeral subscriptions are Redis pub/sub (``PSUBSCRIBE`` on a glob that over-matches, filtered
   here with :func:`ringbus.bus.topic_matcher`); every publication is also appended to a capped stream (the
   retention, ``retention=`` messages) and enqueued, by the publish script, into each matching durable group's

@@ -25,6 +25,7 @@ seconds while it waits in receive or consume).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import os
@@ -33,7 +34,8 @@ import struct
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -313,7 +315,8 @@ class BrokerBus(Bus):
         self._held_since: float | None = None
         self._consuming: Counter[str] = Counter()  # queue -> consume loops running on it
         self._abandoned: OrderedDict[bytes, str] = OrderedDict()  # FETCH request id -> its queue
-        self._hello_rid = b""  # request id of a HELLO sent after a reconnect
+        # Requests sent from inside _pump (after a reconnect), whose replies are handled as they come.
+        self._callbacks: dict[bytes, Callable[[dict[str, Any], list[bytes]], None]] = {}
         self._broker_run: object = None  # what the broker's HELLO said of its run (a restart changes it)
         self._heartbeat: _Heartbeat | None = None
         self._mdp_client: MajordomoClient | None = None
@@ -413,10 +416,10 @@ class BrokerBus(Bus):
                                                                                batch.get("inline", []), frames[4:])],
                                          int(batch.get("dropped", 0)))
                 continue
-            if rid == self._hello_rid:
-                self._hello_rid = b""
+            callback = self._callbacks.pop(rid, None)
+            if callback is not None:
                 if status == OK:
-                    self._greeted(unpack(frames[3]))
+                    callback(unpack(frames[3]), frames[4:])
                 continue
             if rid not in self._replies:
                 self._late_reply(rid, status, frames)
@@ -482,21 +485,39 @@ class BrokerBus(Bus):
         """After a reconnect, a session that consumes says HELLO (answered in :meth:`_greeted`)."""
         if self._heartbeat is None:
             return  # nothing to announce: the broker learns a producer's requests as they come
-        self._hello_rid = _rid(next(self._rids))
-        send_frames(self._socket, [SIGNATURE, Command.HELLO, self._hello_rid, pack({"session": self._session})],
-                    block=True)
+        self._send_async(Command.HELLO, {"session": self._session}, self._greeted)
 
-    def _greeted(self, payload: dict[str, Any]) -> None:
-        """The broker answered a HELLO after a reconnect: if it is a new run, it must hear of our consumers."""
+    def _send_async(self, command: bytes, args: dict[str, Any],
+                    callback: Callable[[dict[str, Any], list[bytes]], None]) -> None:
+        """Send a request from inside :meth:`_pump`; ``callback(payload, frames)`` gets its OK reply."""
+        rid = _rid(next(self._rids))
+        self._callbacks[rid] = callback
+        send_frames(self._socket, [SIGNATURE, command, rid, pack(args)], block=True)
+
+    def _greeted(self, payload: dict[str, Any], frames: list[bytes]) -> None:
+        """The broker answered a HELLO after a reconnect: if it is a new run, it must hear of our consumers,
+        and our ephemeral subscriptions must be made again (what was published in between is missed)."""
         if self._heartbeat is not None:
             self._heartbeat.interval = float(payload.get("heartbeat", self._heartbeat.interval))
         run = payload.get("run")
         if run == self._broker_run:
-            return  # the same broker (the connection only blinked): it still counts them
+            return  # the same broker (the connection only blinked): it still knows them
         self._broker_run = run
         for queue, loops in self._consuming.items():
             for _ in range(loops):
                 self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})
+        for token, subscription in list(self._subscriptions.items()):
+            self._send_async(Command.SUBSCRIBE, {"pattern": subscription.pattern, "group": subscription.group,
+                                                 "session": self._session},
+                             functools.partial(self._resubscribed, token))
+
+    def _resubscribed(self, old: bytes, payload: dict[str, Any], frames: list[bytes]) -> None:
+        subscription = self._subscriptions.pop(old, None)
+        if subscription is None:  # closed meanwhile
+            self._notify(Command.UNSUBSCRIBE, {"token": payload["token"]})
+            return
+        subscription._token = payload["token"]
+        self._subscriptions[subscription._token] = subscription
 
     def _late_reply(self, rid: bytes, status: bytes, frames: list[Any]) -> None:
         """The reply to a request given up on: deliveries of a FETCH go back at once (nobody will settle them)."""

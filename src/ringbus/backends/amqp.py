@@ -458,6 +458,9 @@ class AmqpBus(Bus):
     """
 
     unsupported_features: frozenset[str] = frozenset(UNSUPPORTED)
+    # A ttl ends a message's wait only where RabbitMQ looks - the head of its queue - and at delivery: a message
+    # that higher priorities keep from the head waits past its ttl (so the priority pattern's aging refuses it).
+    ttl_expires_waiting: bool = False
 
     def __init__(self, url: str, *, prefix: str | None = None) -> None:
         if pika is None:  # pragma: no cover

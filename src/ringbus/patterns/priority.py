@@ -34,7 +34,7 @@ from typing import Any
 import msgspec
 
 from ringbus.bus import Bus, check_name, check_seconds, connect
-from ringbus.errors import Full, RingbusError
+from ringbus.errors import Full, RingbusError, Unsupported
 from ringbus.message import HeaderValue, Message
 from ringbus.patterns._handling import DEAD_FROM, DEAD_REASON, Dispatcher
 from ringbus.patterns._lifecycle import BackgroundConsumer, check_count, check_positive
@@ -145,6 +145,14 @@ class PrioritySender:
                 positive = check_positive(f"max_wait of level {name!r}", seconds, allow_none=True)
                 if positive is not None:
                     self._max_wait[name] = positive
+            # Aging relies on the Bus contract's ttl: a message waits at most ttl seconds, wherever it waits. An
+            # engine whose ttl ends only at the head of the queue says so (``ttl_expires_waiting = False``).
+            if self._max_wait and not getattr(bus, "ttl_expires_waiting", True):
+                raise Unsupported(
+                    f"the priority pattern's aging (max_wait) needs a ttl that expires a message where it waits; "
+                    f"on {type(bus).__name__} a ttl ends only at the head of the queue or at delivery, so a message "
+                    "behind a backlog of higher priorities would never age. Use design (b) there: one queue per "
+                    "level and a WeightedConsumer with max_wait", feature="aging")
         elif isinstance(target, Mapping):
             if levels is not None or max_wait is not None:
                 raise ValueError("levels and max_wait belong to design (a), one queue; with one queue per level, "

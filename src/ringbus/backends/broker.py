@@ -13,9 +13,10 @@ each socket after its own random first interval, doubling to
 ``RECONNECT_MAX`` (jittered backoff: a restart does not bring every client
 back in the same instant). The bus watches its connection: requests waiting
 when it drops fail at once with :class:`ringbus.PeerGone` (a consume loop
-just asks again), and on reconnecting it says HELLO and re-announces its
-consumers, so a restarted broker knows them without their doing anything.
-Delivery tags of the broker's previous run are stale at the new one.
+just asks again), and on reconnecting it says HELLO; a restarted broker
+(a new run) hears again of its consumers and of its ephemeral subscriptions,
+without the application doing anything. Delivery tags of the broker's
+previous run are stale at the new one.
 
 Like every ZeroMQ socket, a BrokerBus belongs to the thread that made it;
 messages it delivered may be settled from any thread (the settle is handed

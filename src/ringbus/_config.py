@@ -277,7 +277,7 @@ def _passthrough_parser(command: str) -> argparse.ArgumentParser | None:
 
 def _as_flags(settings: Mapping[str, tuple[argparse.Action, Any, Any]]) -> list[str]:
     flags: list[str] = []
-    for option, (action, _, raw) in settings.items():
+    for option, (_action, _, raw) in settings.items():
         if isinstance(raw, bool):
             flags += [f"--{option}"] if raw else []
         else:

@@ -15,7 +15,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlsplit
 
 from ringbus.errors import Closed
@@ -23,6 +23,8 @@ from ringbus.message import HeaderValue, Message
 
 if TYPE_CHECKING:
     from types import TracebackType
+
+    from typing_extensions import Self  # typing has it from 3.11
 
 __all__ = [
     "Bus",
@@ -107,6 +109,12 @@ def check_headers(headers: object) -> dict[str, HeaderValue]:
     return headers
 
 
+@overload
+def check_seconds(name: str, value: float, *, allow_zero: bool = True) -> float: ...
+@overload
+def check_seconds(name: str, value: None, *, allow_zero: bool = True) -> None: ...
+@overload
+def check_seconds(name: str, value: float | None, *, allow_zero: bool = True) -> float | None: ...
 def check_seconds(name: str, value: float | None, *, allow_zero: bool = True) -> float | None:
     """Return ``value`` as a float if it is None or finite and non-negative (or positive), else raise ValueError."""
     if value is None:
@@ -215,7 +223,7 @@ class Subscription(ABC):
                 return
             yield message
 
-    def __enter__(self) -> Subscription:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -382,7 +390,7 @@ class Bus(ABC):
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
 
-    def __enter__(self) -> Bus:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

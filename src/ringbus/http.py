@@ -248,7 +248,8 @@ def create_app(manager: JobManager, *, token: str | None = None, tokens: Mapping
             raise _HTTPError(400, "the body must be a JSON object: {\"input\": ..., \"callback_url\": ...}")
         unknown = sorted(set(fields) - _SUBMIT_FIELDS)
         if unknown:
-            raise _HTTPError(400, f"unknown field(s) {', '.join(unknown)}; expected {', '.join(sorted(_SUBMIT_FIELDS))}")
+            raise _HTTPError(400, f"unknown field(s) {', '.join(unknown)}; "
+                                  f"expected {', '.join(sorted(_SUBMIT_FIELDS))}")
         try:
             record = await run_in_threadpool(lambda: manager.submit(fields.get("input"),
                                                                     callback_url=fields.get("callback_url"),
@@ -404,7 +405,8 @@ class JobServer:
         self.host = host
         self.port = self._sock.getsockname()[1]
         config = uvicorn.Config(app, log_level=log_level, log_config=None, access_log=False, loop="asyncio",
-                                lifespan="on", timeout_graceful_shutdown=graceful)
+                                # uvicorn annotates an int, and uses it as an asyncio timeout: a float works
+                                lifespan="on", timeout_graceful_shutdown=graceful)  # type: ignore[arg-type]
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -632,7 +634,8 @@ class JobClient:
             if response.status_code != 200:
                 response.read()
                 raise self._fail(response)
-            name, data = "message", []
+            name = "message"
+            data: list[str] = []
             for line in response.iter_lines():
                 if line == "":
                     if data and name == "status":
@@ -760,8 +763,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             server.run(sockets=[sock])
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            for sig, previous_handler in previous.items():
+                signal.signal(sig, previous_handler)
             sock.close()
         log.info("stopped by %s", ", ".join(signal.Signals(s).name for s in stopped_by) or "the server")
         return 0

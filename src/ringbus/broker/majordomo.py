@@ -497,9 +497,9 @@ class Majordomo:
                 self._remove_worker(worker, f"was silent for {self._lifetime:g} s")
         for identity in list(self._workers):
             if not self._send([identity, b"", W_WORKER, W_HEARTBEAT]):
-                worker = self._workers.get(identity)
-                if worker is not None:
-                    self._remove_worker(worker, "is unreachable")
+                unreachable = self._workers.get(identity)
+                if unreachable is not None:
+                    self._remove_worker(unreachable, "is unreachable")
         for service in list(self._services.values()):
             pending = service.pending
             while pending and pending[0].expires_at <= now:

@@ -85,17 +85,15 @@ def pack(value: dict[str, Any]) -> bytes:
 def unpack(frame: bytes | memoryview) -> dict[str, Any]:
     """Decode an args/payload frame; ProtocolError if it is not a msgpack map."""
     try:
-        return _decoder.decode(frame)  # type: ignore[no-any-return]
+        return _decoder.decode(frame)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, RecursionError) as exc:
         raise ProtocolError(f"arguments frame is not a msgpack map: {exc}") from None
 
 
 def error_payload(exc: BaseException) -> bytes:
     """An ERR payload naming the exception's type (one the client maps back) and its text."""
-    for name, kind in _ERRORS.items():
-        if type(exc) is kind:
-            break
-    else:
+    name = next((n for n, k in _ERRORS.items() if type(exc) is k), None)  # its own type, else the nearest base
+    if name is None:
         name = next((n for n, k in _ERRORS.items() if isinstance(exc, k)), "RingbusError")
     return pack({"type": name, "message": str(exc)})
 
@@ -130,7 +128,8 @@ def split_batch(counts: object, inline: object, frames: list[Any]) -> list[list[
     if (not isinstance(counts, list) or not isinstance(inline, list)
             or not all(type(c) is int and c >= 0 for c in counts)
             or sum(counts) != len(frames) or counts.count(0) != len(inline)):
-        raise ProtocolError(f"a batch declares {counts!r} frames per message and {len(inline) if isinstance(inline, list) else inline!r} "
+        inlined = len(inline) if isinstance(inline, list) else repr(inline)
+        raise ProtocolError(f"a batch declares {counts!r} frames per message and {inlined} "
                             f"inline, but {len(frames)} frames followed")
     out = []
     at = 0

@@ -423,7 +423,7 @@ def summary_rows(args: argparse.Namespace, orders: list[dict[str, Any]], expecte
                  leftover: list[str]) -> list[tuple[str, str, str]]:
     latency: dict[str, list[float]] = {"premium": [], "standard": []}
     ends = []
-    for order, (status, at, _) in dashboard.finals.items():
+    for order, (_status, at, _) in dashboard.finals.items():
         if order in customers.placed:
             latency[tiers[order]].append(at - customers.placed[order])
             ends.append(at)

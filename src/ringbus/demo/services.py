@@ -473,8 +473,8 @@ class Notifier(Service):
                 "consumer_errors": len(self._errors), **self.counts.snapshot()}
 
 
-ROLES: dict[str, Callable[[argparse.Namespace], Service]] = {"gateway": Gateway, "orders": Orders, "agents": Agents, "tracker": Tracker,
-                                   "notifier": Notifier}
+ROLES: dict[str, Callable[[argparse.Namespace], Service]] = {
+    "gateway": Gateway, "orders": Orders, "agents": Agents, "tracker": Tracker, "notifier": Notifier}
 
 
 def main(argv: list[str] | None = None) -> int:

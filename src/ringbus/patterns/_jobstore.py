@@ -238,7 +238,10 @@ class JobStore:
         return self._row(db, record.id)  # type: ignore[return-value]
 
     def cancel(self, job_id: str, now: float) -> tuple[str, JobRecord | None]:
-        """Cancel: a queued job at once ("cancelled"), a running one by flag ("requested"); else "terminal"/"unknown"."""
+        """Cancel: a queued job at once ("cancelled"), a running one by flag ("requested").
+
+        Else "terminal" or "unknown".
+        """
         with self._tx() as db:
             record = self._row(db, job_id)
             if record is None:

@@ -10,11 +10,15 @@ import logging
 import math
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal, overload
 
 __all__ = ["BackgroundConsumer", "check_positive", "check_count"]
 
 
+@overload
+def check_positive(name: str, value: object, *, allow_none: Literal[False] = False) -> float: ...
+@overload
+def check_positive(name: str, value: object, *, allow_none: bool) -> float | None: ...
 def check_positive(name: str, value: object, *, allow_none: bool = False) -> float | None:
     """``value`` as a float if it is a finite number > 0 (or None when allowed); else TypeError/ValueError naming it."""
     if value is None and allow_none:

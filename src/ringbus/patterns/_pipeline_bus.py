@@ -292,7 +292,7 @@ class BusPipeline:
         with self._lock:
             rows = [list(c) for c in self._counts]
         stages = tuple(StageStats(stage.name, stage.processes, r[0], r[1], r[2])
-                       for (stage, _, _), r in zip(self.stages, rows))
+                       for (stage, _, _), r in zip(self.stages, rows, strict=True))
         return PipelineStats(base.processed, base.failed, base.retried, base.dead_lettered, base.in_flight,
                              base.rate, sent=rows[0][0] if rows else 0, stages=stages, reorder_held=0,
                              reorder_peak=0)

@@ -310,7 +310,7 @@ class Run:
             rows.append(tuple(sum(counts[s + f] for s in slots) for f in (RECEIVED, DONE, EMITTED, FAILED)))
         while len(rows) < len(self.p.stages):
             rows.append((0, 0, 0, 0))
-        return rows  # type: ignore[return-value]
+        return rows
 
     def snapshot(self) -> list[tuple[int, int, int, int]]:
         return self.stage_counts()

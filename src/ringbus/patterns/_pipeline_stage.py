@@ -23,6 +23,7 @@ from ringbus.patterns._pipeline_wire import (
     FrameTooLarge,
     Reorderer,
     Stopped,
+    ZmqOutlet,
     closed_quietly,
     decode,
     encode,
@@ -344,7 +345,7 @@ def worker_main(spec: WorkerSpec, counts: Any, errors: Any, finished: Callable[[
             _run_stream(spec, fn, inlet, outlet, counts)
         else:
             _run_items(spec, fn, inlet, outlet, counts)
-        if context is not None:
+        if isinstance(outlet, ZmqOutlet):  # the zmq transport (context is set)
             outlet.end()
             while not finished():
                 check()

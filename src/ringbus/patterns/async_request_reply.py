@@ -101,11 +101,16 @@ class JobManagerStats(PatternStats):
     webhooks_failed: int  # deliveries given up after max_attempts
 
 
-class _Counter(StatsCounter):
-    def __init__(self, *names: str) -> None:
+class _ManagerCounter(StatsCounter):
+    def __init__(self) -> None:
         super().__init__()
-        for name in names:
-            setattr(self, name, 0)
+        self.submitted = self.cancelled = self.webhooks_delivered = self.webhooks_failed = 0
+
+
+class _WorkerCounter(StatsCounter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.skipped = self.cancelled = self.crashed = 0
 
 
 class JobManager:
@@ -166,7 +171,7 @@ class JobManager:
         self._sender_bus: Bus | None = None
         self._listeners: list[Callable[[JobRecord], None]] = []
         self._listeners_lock = threading.Lock()
-        self._counter = _Counter("submitted", "cancelled", "webhooks_delivered", "webhooks_failed")
+        self._counter = _ManagerCounter()
         self._started = False
         self._closed = False
 
@@ -313,7 +318,7 @@ class JobManager:
         if outcome in ("cancelled", "requested"):
             if outcome == "cancelled":
                 self._counter.add(cancelled=1)
-            self._changed(record)  # type: ignore[arg-type]
+            self._changed(record)
         return outcome, record
 
     def add_listener(self, listener: Callable[[JobRecord], None]) -> None:
@@ -635,7 +640,7 @@ class JobWorker:
         self._monotonic = monotonic
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._counter = _Counter("skipped", "cancelled", "crashed")
+        self._counter = _WorkerCounter()
 
     def __repr__(self) -> str:
         return f"<JobWorker {self.name} {self.url!r} queue={self.queue!r} threads={self.threads}>"

@@ -195,7 +195,7 @@ class Service:
         self.url = url
         self.name = name
         self.prefix = prefix
-        self._options = {"start": start, "workers": workers, "prefetch": prefetch, "retry": retry,
+        self._options: dict[str, Any] = {"start": start, "workers": workers, "prefetch": prefetch, "retry": retry,
                          "connect_options": connect_options}
         self._handlers: dict[str, EventHandler] = {}
         self._subscribers: list[_HandlerSubscriber] = []

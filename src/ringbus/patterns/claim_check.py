@@ -83,7 +83,7 @@ _CLAIM_HEADERS = (CLAIM_URL, CLAIM_KEY, CLAIM_SIZE, CLAIM_SHA256)
 CLAIM_ERROR = "ringbus-claim-error"  # the ClaimCheckError's reason: missing, hash_mismatch, ...
 
 _SHA256 = re.compile(r"[0-9a-f]{64}\Z")
-Payload = bytes | bytearray | memoryview | BinaryIO | os.PathLike | Message
+Payload = bytes | bytearray | memoryview | BinaryIO | os.PathLike[str] | Message
 Handler = Callable[[Message, Any], Any]
 
 

@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from multiprocessing.process import BaseProcess
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -200,7 +201,7 @@ def _process_main(settings: _Settings, handler: Callable[[Message], Any], flags:
 class _Worker:
     """A worker thread or process and its slot number."""
 
-    def __init__(self, index: int, runner: threading.Thread | Any) -> None:
+    def __init__(self, index: int, runner: threading.Thread | BaseProcess) -> None:
         self.index = index
         self.runner = runner
 
@@ -367,7 +368,7 @@ class WorkerPool:
         return self
 
     def _launch(self, index: int) -> _Worker:
-        runner: Any
+        runner: threading.Thread | BaseProcess
         if self.mode == "thread":
             runner = threading.Thread(target=_work, name=f"ringbus-worker-{self.queue}-{index}", daemon=True,
                                       args=(self._settings, self.handler, self._thread_control, self._counter.add))
@@ -443,7 +444,7 @@ class WorkerPool:
                     clean = False
         finally:
             for worker in slots:
-                if self.mode == "process" and worker.runner.is_alive():
+                if isinstance(worker.runner, BaseProcess) and worker.runner.is_alive():  # the process mode
                     log.warning("worker process %d of %r did not stop within %g s; killing it", worker.runner.pid,
                                 self.queue, timeout)
                     worker.runner.kill()
@@ -484,7 +485,7 @@ class WorkerPool:
             raise RingbusError("WorkerPool.run() installs signal handlers, so it must run in the main thread; "
                                "use start() and stop() elsewhere")
         received = threading.Event()
-        previous = {}
+        previous: dict[signal.Signals, Any] = {}
 
         def on_signal(signum: int, frame: Any) -> None:
             log.info("received %s: stopping the workers of %r", signal.Signals(signum).name, self.queue)
@@ -511,7 +512,7 @@ class WorkerPool:
         if self.mode != "process":
             return []
         with self._lock:
-            return [w.runner.pid for w in self._slots if w.runner.pid is not None]
+            return [w.runner.pid for w in self._slots if isinstance(w.runner, BaseProcess) and w.runner.pid is not None]
 
     def stats(self) -> WorkerPoolStats:
         """Processed, failed, retried, dead-lettered, in flight, rate, workers alive, restarted, skipped."""

@@ -281,7 +281,7 @@ class SequentialConvoy:
     def run(self, *, handle_signals: bool = True) -> None:
         """Start, then block until :meth:`stop` is called (or SIGINT/SIGTERM, in the main thread); then stop."""
         self.start()
-        previous: dict[int, Any] = {}
+        previous: dict[signal.Signals, Any] = {}
         if handle_signals and threading.current_thread() is threading.main_thread():
             def on_signal(signum: int, frame: FrameType | None) -> None:
                 log.info("convoy on %r: signal %d, stopping", self.queue, signum)

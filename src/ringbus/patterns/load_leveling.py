@@ -219,7 +219,7 @@ class LevelledConsumer(BackgroundConsumer):
     # -- the taking thread ----------------------------------------------------------------------------------------
     def _run(self, stop: threading.Event, ready: Callable[[], None]) -> None:
         slots = threading.BoundedSemaphore(self.concurrency)
-        handoff: Ring = Ring(self.concurrency)  # a slot is taken before a put: never full
+        handoff: Ring[Message] = Ring(self.concurrency)  # a slot is taken before a put: never full
         workers = [threading.Thread(target=self._work, args=(handoff, slots), daemon=True,
                                     name=f"ringbus-levelled-{self.queue}-{i}") for i in range(self.concurrency)]
         with connect(self.url) as bus:
@@ -247,7 +247,7 @@ class LevelledConsumer(BackgroundConsumer):
                     worker.join()
             # Leaving `with` closes the bus, which sends the settles the handler threads made.
 
-    def _dispatch(self, message: Message, slots: threading.BoundedSemaphore, handoff: Ring,
+    def _dispatch(self, message: Message, slots: threading.BoundedSemaphore, handoff: Ring[Message],
                   stop: threading.Event) -> bool:
         """Wait for a slot, then a token, then hand ``message`` over; False (message nacked) if stopped first."""
         while not slots.acquire(timeout=POLL):
@@ -266,7 +266,7 @@ class LevelledConsumer(BackgroundConsumer):
         return True
 
     # -- handler threads ------------------------------------------------------------------------------------------
-    def _work(self, handoff: Ring, slots: threading.BoundedSemaphore) -> None:
+    def _work(self, handoff: Ring[Message], slots: threading.BoundedSemaphore) -> None:
         dispatch = Dispatcher(self.queue, self.handler, retry=self.retry, max_attempts=self.max_attempts,
                               dead_letter=self.dead_letter, count=self._counter.add, log=log)
         with connect(self.url) as bus:  # its own connection, for dead letters

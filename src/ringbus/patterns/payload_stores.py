@@ -296,7 +296,7 @@ class PayloadStore(ABC):
         with self._lock:
             return StoreStats(**self._counts)
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - a no-op by default: a store that opened nothing keeps it
         """Release connections the store opened itself; idempotent."""
 
     def __enter__(self) -> PayloadStore:
@@ -528,7 +528,7 @@ class RedisStore(PayloadStore):
             index = next(chunks, None)
             if index is None:
                 return b""
-            piece = self.client.hget(name, f"c{index}")
+            piece: bytes | None = self.client.hget(name, f"c{index}")
             if piece is None:
                 raise ClaimNotFound(f"payload {key!r} in {self.url} was deleted while being read", key=key,
                                     url=self.url)

@@ -197,7 +197,7 @@ class Pipeline:
         self._inline = counts
         self._reset()
         stream: Iterator[Any] = self._counting_source(iter(items))
-        for stage, count in zip(self.stages, counts):
+        for stage, count in zip(self.stages, counts, strict=True):
             stream = self._inline_stream(stage, stream, count) if stage.stream else \
                 self._inline_items(stage, stream, count)
         for out in stream:
@@ -269,7 +269,8 @@ class Pipeline:
         if delta:
             self._counter.add(processed=delta)
         base = self._counter.snapshot()
-        stages = tuple(StageStats(s.name, s.processes, r[0], r[2], r[3]) for s, r in zip(self.stages, rows))
+        stages = tuple(StageStats(s.name, s.processes, r[0], r[2], r[3])
+                       for s, r in zip(self.stages, rows, strict=True))
         reorder = self._reorder
         return PipelineStats(
             processed=self._delivered, failed=self._dead, retried=0, dead_lettered=self._dead,

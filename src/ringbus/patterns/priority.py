@@ -372,7 +372,7 @@ class PriorityConsumer(BackgroundConsumer):
         aged = int(headers.get(AGED_HEADER) or 0) + 1
         headers[AGED_HEADER] = aged
         headers[PRIOR_ATTEMPTS_HEADER] = int(headers.get(PRIOR_ATTEMPTS_HEADER) or 0) + dead.attempts
-        ttl = None if expires is None else max(float(expires) - now, 0.001)  # type: ignore[arg-type]
+        ttl = None if expires is None else max(float(expires) - now, 0.001)
         try:
             bus.send(self.queue, _replace(dead, priority=self.aged_priority, headers=headers, attempts=0), ttl=ttl)
         except Full:

@@ -442,7 +442,7 @@ class Subscriber:
                     if stop.is_set():
                         break
             finally:
-                messages.close()  # type: ignore[attr-defined]  # prefetched, not handed out: back, no attempt
+                messages.close()  # prefetched, not handed out: back, no attempt
             if index == 0:
                 self._lag = bus.queue_stats(queue).depth
                 look = time.monotonic() + REFRESH

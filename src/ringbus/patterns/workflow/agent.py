@@ -74,7 +74,8 @@ class Task:
 
     @property
     def step_key(self) -> str:
-        return f"{self.operation_id}:{self.step}" if self.kind == "action" else f"{self.operation_id}:{self.step}:compensate"
+        key = f"{self.operation_id}:{self.step}"
+        return key if self.kind == "action" else f"{key}:compensate"
 
 
 @dataclass(frozen=True)

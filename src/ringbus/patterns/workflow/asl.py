@@ -76,7 +76,8 @@ def _rules(where: str, value: Any, states: Mapping[str, Any] | None) -> list[tup
             raise _fail(f"{at}.ErrorEquals", "is required")
         errors = _error_list(f"{at}.ErrorEquals", rule["ErrorEquals"])
         if ALL in errors and i != len(value) - 1:
-            raise _fail(f"{at}.ErrorEquals", f"{ALL!r} must be in the last {'catcher' if states is not None else 'retrier'}")
+            rule_kind = "catcher" if states is not None else "retrier"
+            raise _fail(f"{at}.ErrorEquals", f"{ALL!r} must be in the last {rule_kind}")
         out.append((errors, rule))
     return out
 

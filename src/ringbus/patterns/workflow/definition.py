@@ -304,7 +304,7 @@ class Workflow:
         """Every action and compensation name an agent must know to run this workflow."""
         names = {step.action for step in self.steps.values() if step.action}
         names.update(step.compensation for step in self.steps.values() if step.compensation)
-        return names  # type: ignore[return-value]
+        return names
 
     def __repr__(self) -> str:
         return f"<Workflow {self.name!r}: {' -> '.join(self.steps)}>"
@@ -319,7 +319,8 @@ def as_workflows(workflows: Workflow | Sequence[Workflow] | Mapping[str, Workflo
     elif isinstance(workflows, (list, tuple)):
         items = list(workflows)
     else:
-        raise TypeError(f"workflows must be a Workflow, a sequence or a mapping of them, not {type(workflows).__name__}")
+        raise TypeError("workflows must be a Workflow, a sequence or a mapping of them, "
+                        f"not {type(workflows).__name__}")
     out: dict[str, Workflow] = {}
     for wf in items:
         if not isinstance(wf, Workflow):

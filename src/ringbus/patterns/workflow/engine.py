@@ -329,7 +329,8 @@ class Engine:
             elif report.type == "result" and report.ok:
                 change.succeeded(report)
             elif report.type in ("result", "lost", "timeout"):
-                error = report.error if isinstance(report.error, dict) else {"Error": "Error", "Cause": str(report.error)}
+                error = (report.error if isinstance(report.error, dict)
+                         else {"Error": "Error", "Cause": str(report.error)})
                 if report.type == "lost":
                     error = {"Error": HEARTBEAT_TIMEOUT, "Cause": f"the agent running attempt {report.attempt} "
                              f"went away (found by {report.agent or 'an agent'})"}

@@ -29,13 +29,14 @@ class WorkflowEngine:
     """
 
     def __init__(self, url: str, workflows: Workflows, *, name: str = "workflow",
-                 store: StateStore | str | os.PathLike[str] | None = None, data_dir: str | os.PathLike[str] | None = None,
+                 store: StateStore | str | os.PathLike[str] | None = None,
+                 data_dir: str | os.PathLike[str] | None = None,
                  clock: Callable[[], float] = time.time, check_interval: float = 1.0, schedulers: int = 1,
                  prefetch: int = 32, poll: float = 0.25, task_visibility: float = 3600.0) -> None:
         if isinstance(schedulers, bool) or not isinstance(schedulers, int) or schedulers < 1:
             raise ValueError(f"schedulers must be an int >= 1, got {schedulers!r}")
         self._owns_store = not isinstance(store, StateStore)
-        self.store = open_store(store, data_dir)  # type: ignore[arg-type]
+        self.store = open_store(store, data_dir)
         try:
             self.schedulers = [Scheduler(url, workflows, store=self.store, name=name, clock=clock, prefetch=prefetch,
                                          poll=poll, task_visibility=task_visibility) for _ in range(schedulers)]

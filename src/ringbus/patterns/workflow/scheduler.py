@@ -21,7 +21,7 @@ from ringbus.message import Message
 from ringbus.patterns._lifecycle import BackgroundConsumer
 from ringbus.patterns._stats import StatsCounter
 from ringbus.patterns.workflow.definition import Workflow, as_workflows
-from ringbus.patterns.workflow.engine import Engine, UnknownWorkflow, WorkflowStats, workflow_stats
+from ringbus.patterns.workflow.engine import Engine, Outgoing, UnknownWorkflow, WorkflowStats, workflow_stats
 from ringbus.patterns.workflow.store import StateStore, open_store
 from ringbus.patterns.workflow.wire import check_engine_name, declare_queues, decode_report, results_queue, send_task
 
@@ -56,7 +56,7 @@ class _Participant(BackgroundConsumer):
 
     _log = log
 
-    def _send(self, bus: Bus, outgoing: list) -> None:
+    def _send(self, bus: Bus, outgoing: list[Outgoing]) -> None:
         for out in outgoing:
             send_task(bus, self.name, out.task, out.delay, out.dedup_id)
 

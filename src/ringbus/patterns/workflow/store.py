@@ -175,7 +175,8 @@ class SQLiteStateStore:
         Seconds a writer waits for another process's transaction before failing.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL", busy_timeout: float = 30.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL",
+                 busy_timeout: float = 30.0) -> None:
         if isinstance(path, str) and path.startswith("sqlite://"):
             path = path[len("sqlite://"):]
         if not isinstance(path, (str, os.PathLike)) or not str(path) or str(path) == ":memory:":
@@ -341,7 +342,8 @@ class SQLiteStateStore:
         return f"<SQLiteStateStore {str(self.path)!r}>"
 
 
-def open_store(store: StateStore | str | os.PathLike[str] | None, data_dir: str | os.PathLike[str] | None) -> StateStore:
+def open_store(store: StateStore | str | os.PathLike[str] | None,
+               data_dir: str | os.PathLike[str] | None) -> StateStore:
     """``store`` if it is a StateStore; a SQLite store at the path (or ``sqlite:///path``) it names; by default
     ``<data_dir>/workflows.sqlite3`` (``data_dir`` defaults to ``./ringbus-data``, the broker's default too)."""
     if store is None:

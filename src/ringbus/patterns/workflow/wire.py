@@ -16,8 +16,8 @@ from ringbus.bus import Bus, check_name
 from ringbus.message import Message, new_id
 from ringbus.patterns._handling import send_deduplicated
 
-__all__ = ["TaskMessage", "Report", "declare_queues", "send_task", "tasks_queue", "results_queue", "submit", "submit_many",
-           "idempotency_key"]
+__all__ = ["TaskMessage", "Report", "declare_queues", "send_task", "tasks_queue", "results_queue", "submit",
+           "submit_many", "idempotency_key"]
 
 # A dead agent's task comes back (attempts + 1) and the next agent reports it lost; it must never dead-letter.
 TASK_MAX_ATTEMPTS = 1_000_000
@@ -148,7 +148,7 @@ def submit_many(bus: Bus, workflow: str, inputs: Iterable[Any], *, name: str = "
     ids: list[str | None] = list(operation_ids) if operation_ids is not None else [None] * len(inputs)
     if len(ids) != len(inputs):
         raise ValueError(f"operation_ids has {len(ids)} ids for {len(inputs)} inputs")
-    started = [_start(workflow, value, op) for value, op in zip(inputs, ids)]
+    started = [_start(workflow, value, op) for value, op in zip(inputs, ids, strict=True)]
     declare_queues(bus, name, task_visibility=None)
     bus.send_many(results_queue(name), [message for _, message in started])
     return [op for op, _ in started]

@@ -8,6 +8,7 @@ import multiprocessing
 import time
 import uuid
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
@@ -123,8 +124,6 @@ def test_worker_pool_threads_record_from_every_worker(queue: str) -> None:
     assert latency["processing"]["p50"] >= SLEEP * 1000
 
 
-@pytest.mark.xfail(reason="WorkerPool.stats() rebuilds its stats field by field and does not pass latency_ms on "
-                          "yet (competing_consumers.py: latency_ms=base.latency_ms); drop this mark once it does")
 def test_worker_pool_stats_carry_latency(queue: str) -> None:
     url = f"memory://latency-{uuid.uuid4().hex}"
     with ringbus.connect(url) as bus:
@@ -203,3 +202,29 @@ def test_windows_roll_like_the_broker_queues() -> None:
     latency.record(message, much_later, much_later + 0.004, True)
     summary = latency.latency_ms(much_later + 0.004)
     assert summary["processing"]["count"] == 1 and summary["processing"]["max"] == 4.0
+
+
+@pytest.mark.parametrize("kind", ["convoy", "levelled", "priority"])
+def test_other_patterns_stats_carry_latency(queue: str, kind: str) -> None:
+    from ringbus.patterns import LevelledConsumer, PriorityConsumer, PrioritySender, SequentialConvoy
+
+    url = f"memory://latency-{uuid.uuid4().hex}"
+    with ringbus.connect(url) as bus:
+        if kind == "convoy":
+            pattern: Any = SequentialConvoy(url, queue, sleepy, workers=1).start()  # declares its queue
+            bus.send(queue, b"job", key="order-1")
+        elif kind == "priority":
+            sender = PrioritySender(bus, queue)
+            sender.declare()
+            sender.send(b"job", "high")
+            pattern = PriorityConsumer(url, queue, sleepy).start()
+        else:
+            bus.declare_queue(queue)
+            bus.send(queue, b"job")
+            pattern = LevelledConsumer(url, queue, sleepy, rate=1000.0).start()
+        try:
+            wait_until(lambda: pattern.stats().processed >= 1, "1 processed")
+            latency = check_shape(pattern.stats().latency_ms)
+        finally:
+            pattern.stop()
+    assert counts(latency) == (1, 1, 1)

@@ -419,4 +419,4 @@ class EventLog:
     def stats(self) -> EventLogStats:
         base = self._subscriber.stats()
         return EventLogStats(base.processed, base.failed, base.retried, base.dead_lettered, base.in_flight, base.rate,
-                             stored=self.count(), duplicates=self.duplicates)
+                             stored=self.count(), duplicates=self.duplicates, latency_ms=base.latency_ms)

@@ -523,7 +523,7 @@ class WorkerPool:
             alive = sum(1 for w in self._slots if w.alive())
         return WorkerPoolStats(base.processed, base.failed, base.retried, base.dead_lettered, base.in_flight,
                                base.rate, workers=alive, restarted=self._counter.restarted,
-                               skipped=self._counter.skipped)
+                               skipped=self._counter.skipped, latency_ms=base.latency_ms)
 
     def __enter__(self) -> WorkerPool:
         return self.start() if not self._started else self

@@ -131,7 +131,8 @@ class _Dispatcher(Dispatcher):
                 add(**others)
 
         super().__init__(convoy.queue, convoy.handler, retry=convoy.retry, max_attempts=convoy.max_attempts,
-                         dead_letter=convoy.dead_letter, count=count, log=log)
+                         dead_letter=convoy.dead_letter, count=count, log=log,
+                         latency=convoy._counter.latency_recorder())
         self.convoy = convoy
 
     def _dead_letter(self, bus: Bus, message: Message, exc: BaseException, reason: str) -> None:
@@ -355,7 +356,8 @@ class SequentialConvoy:
         base = counter.snapshot()
         with self._lock:
             return ConvoyStats(base.processed, base.failed, base.retried, base.dead_lettered, sum(self._busy),
-                               base.rate, held_keys=len(self._held), parked=self._parked, released=self._released)
+                               base.rate, held_keys=len(self._held), parked=self._parked, released=self._released,
+                               latency_ms=base.latency_ms)
 
     # -- workers --------------------------------------------------------------------------------------------------
     def _work(self, index: int) -> None:

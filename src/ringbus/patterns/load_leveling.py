@@ -311,7 +311,7 @@ class LevelledConsumer(BackgroundConsumer):
             rate = len(starts) / span if span > 0 else 0.0
             return LevelledStats(base.processed, base.failed, base.retried, base.dead_lettered, base.in_flight,
                                  rate, self.bucket.rate, self.concurrency, self._peak, self._throttled,
-                                 self._started)
+                                 self._started, latency_ms=base.latency_ms)
 
 
 class LevelledProducer:

@@ -232,7 +232,7 @@ class _Counts:
         base = self.counter.snapshot()
         with self.lock:
             return PriorityStats(base.processed, base.failed, base.retried, base.dead_lettered, base.in_flight,
-                                 base.rate, dict(self.by_level), self.aged)
+                                 base.rate, dict(self.by_level), self.aged, latency_ms=base.latency_ms)
 
 
 def _check_retry(retry: object) -> RetryPolicy:
@@ -464,7 +464,7 @@ class WeightedConsumer(BackgroundConsumer):
                         continue
                     queue = self._choose(waiting, credit, since)
                     message, held[queue] = held[queue], None
-                    dispatchers[queue](bus, message)  # type: ignore[arg-type]
+                    dispatchers[queue](bus, message)  # type: ignore[arg-type]  # _choose picks a queue holding one
                     since[queue] = self._clock()
             finally:
                 for message in held.values():

@@ -28,6 +28,12 @@ pytestmark = pytest.mark.timeout(120)
 
 FULL = os.environ.get("RINGBUS_FULL") == "1"
 EVENTS = 100_000 if FULL else 20_000  # the issue's 100,000 with RINGBUS_FULL=1
+LOCAL = ("memory://", "tcp://", "ipc://")  # engines in this process or the embedded broker
+
+
+def events_for(url: str) -> int:
+    """Redis, RabbitMQ and NATS cost a round trip per ack in each of the eight groups: a fifth keeps the test short."""
+    return EVENTS if url.startswith(LOCAL) else EVENTS // 5
 CHUNK = 1000  # events per publish_many
 CHILD = Path(__file__).with_name("pubsub_child.py")
 
@@ -111,11 +117,12 @@ def test_one_publisher_eight_durable_subscribers_each_gets_every_event_in_publis
     recorders = [Recorder() for _ in patterns]
     subscribers = [Subscriber(url, pattern, recorder, group=f"{name}-g{i}", durable=True).start()
                    for i, (pattern, recorder) in enumerate(zip(patterns, recorders, strict=True))]
+    events = events_for(url)
     try:
         with ringbus.connect(url) as bus:
             publisher = Publisher(bus)
             published: list[tuple[str, int]] = []
-            for k in range(0, EVENTS, CHUNK):  # alternate regions, so wildcards have something to filter
+            for k in range(0, events, CHUNK):  # alternate regions, so wildcards have something to filter
                 published += publish(bus, publisher, f"{name}.{'eu' if k // CHUNK % 2 == 0 else 'us'}.created", CHUNK)
         eu = [event for event in published if event[0] == f"{name}.eu.created"]
         expected = [eu if pattern.endswith(".eu.*") else published for pattern in patterns]
@@ -123,7 +130,7 @@ def test_one_publisher_eight_durable_subscribers_each_gets_every_event_in_publis
                    "every subscriber has its events")
     finally:
         stop_all(subscribers)
-    assert len(published) == EVENTS and len(eu) == EVENTS // 2
+    assert len(published) == events and len(eu) == events // 2
     for recorder, subscriber, events in zip(recorders, subscribers, expected, strict=True):
         assert recorder.seen == events  # all of them, each once, in publish order
         stats = subscriber.stats()
@@ -311,7 +318,12 @@ def test_group_members_share_the_events_and_every_group_gets_all(url: str, name:
         together = Counter(event for member in members for event in member.seen)
         assert set(together) == set(published) and max(together.values()) == 1  # each event to one member
     assert all(len(member) > 0 for member in billing)  # the load was shared
-    assert sorted(map(len, live)) == [1500, 1500]  # an ephemeral group deals in turn
+    if url.startswith(LOCAL):
+        assert sorted(map(len, live)) == [1500, 1500]  # memory:// and the broker deal an ephemeral group in turn
+    else:
+        # The contract promises each event to one member (above), not the split: Redis members race for a claim
+        # per event, NATS queue groups pick a member at random, RabbitMQ round-robins (docs/backends.md).
+        assert all(len(member) > 0 for member in live)
     assert sum(s.stats().processed for s in subscribers[:3]) == 3000 and subscribers[3].stats().processed == 3000
 
 

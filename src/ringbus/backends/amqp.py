@@ -793,18 +793,32 @@ class AmqpBus(Bus):
         return name
 
     # -- deliveries ---------------------------------------------------------------------------------------------
+    def _delivered(self, queue: str, change: int) -> None:
+        """A delivery of ``queue`` came to this Bus (+1: in flight from here, prefetched ones too) or left it unsettled
+        (-1: given back without being handed out)."""
+        counts = self._counts(queue)
+        with _counts_lock:
+            counts.in_flight += change
+
     def _get(self, queue: str) -> Any:
         method, properties, body = self._io.ch.basic_get(self._q(queue), auto_ack=False)
-        return None if method is None else (method, properties, body)
+        if method is None:
+            return None
+        self._delivered(queue, 1)
+        return method, properties, body
 
     def _consume_start(self, queue: str, prefetch: int, inbox: _Inbox, auto_ack: bool = False) -> str:
         channel = self._io.ch
         channel.basic_qos(prefetch_count=prefetch)
+        owner = self._inboxes.get(inbox)  # the ringbus queue whose deliveries these are (None: a service's)
 
         def deliver(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            if owner is not None:
+                self._delivered(owner, 1)
             inbox.put((method, properties, body))
 
-        return channel.basic_consume(queue, deliver, auto_ack=auto_ack)  # type: ignore[no-any-return]
+        tag: str = channel.basic_consume(queue, deliver, auto_ack=auto_ack)  # pika is untyped: its consumer tag
+        return tag
 
     def _cancel(self, tag: str, inbox: _Inbox | None, queue: str | None = None) -> None:
         channel = self._io.ch
@@ -822,6 +836,7 @@ class AmqpBus(Bus):
         """Put back a prefetched delivery nobody took, without counting an attempt: RabbitMQ's own requeue would
         set ``redelivered`` (one attempt more), so a queue's copy is republished as it came, then acked."""
         if queue is not None:
+            self._delivered(queue, -1)
             message, expires, _ = self._decode(properties, body, method.redelivered)
             try:
                 self._publish(self._q(queue), self._properties(message, message.attempts, expires), body, queue)
@@ -847,9 +862,7 @@ class AmqpBus(Bus):
         method, properties, body = item
         message, expires, _ = self._decode(properties, body, method.redelivered)
         delivery = _Delivery(self, queue, method.delivery_tag, message, record, self._io.ch, expires)
-        counts = self._counts(queue)
-        with _counts_lock:
-            counts.in_flight += 1
+        counts = self._counts(queue)  # in flight since it was delivered (_delivered)
         if expires is not None and expires <= time.time():
             delivery.state = "settled"
             self._io.call(self._do_dead, delivery, "expired")

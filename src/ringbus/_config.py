@@ -25,9 +25,10 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10: tomli is the same parser
     try:
+        # the same module under another name, and absent where tomllib is (3.11+): mypy sees one or the other
         import tomli as tomllib  # type: ignore[no-redef, import-not-found, unused-ignore]
     except ModuleNotFoundError:
-        tomllib = None  # type: ignore[assignment]
+        tomllib = None  # type: ignore[assignment]  # no TOML parser: a config file is refused with a sentence
 
 __all__ = [
     "ENVIRONMENT",
@@ -214,7 +215,7 @@ def _convert(action: argparse.Action, value: Any, source: str) -> Any:
     converted: Any = str(value)
     if action.type is not None:
         try:
-            converted = action.type(converted)  # type: ignore[operator]
+            converted = action.type(converted)  # type: ignore[operator]  # our parsers' types are callables
         except (argparse.ArgumentTypeError, TypeError, ValueError) as exc:
             raise UsageError(f"{source}: {exc}") from None
     if action.choices is not None and converted not in action.choices:
@@ -270,7 +271,8 @@ def _passthrough_parser(command: str) -> argparse.ArgumentParser | None:
         return None
     module, _, name = spec.partition(":")
     try:
-        return getattr(importlib.import_module(module), name)()  # type: ignore[no-any-return]
+        parser: argparse.ArgumentParser = getattr(importlib.import_module(module), name)()
+        return parser
     except ImportError:  # its extra is not installed: the command itself will say so
         return None
 

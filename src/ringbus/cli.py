@@ -6,9 +6,13 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import ringbus
 from ringbus import _config
+
+if TYPE_CHECKING:
+    from ringbus.transport import CurveServer
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -27,7 +31,7 @@ def _read_keys(path: str, what: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _broker_curve(args: argparse.Namespace) -> object | None:
+def _broker_curve(args: argparse.Namespace) -> CurveServer | None:
     """The CurveServer the CURVE flags ask for, or None when both are absent."""
     if args.curve_secret_key_file is None and args.authorized_keys_file is None:
         return None

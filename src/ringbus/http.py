@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -333,10 +333,10 @@ def create_app(manager: JobManager, *, token: str | None = None, tokens: Mapping
     async def health(request: Request) -> Response:
         return JSONResponse({"ok": True})
 
-    def handled(endpoint: Callable[[Request], Any]) -> Callable[[Request], Any]:
+    def handled(endpoint: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def wrapper(request: Request) -> Response:
             try:
-                return await endpoint(request)  # type: ignore[no-any-return]
+                return await endpoint(request)
             except _HTTPError as exc:
                 return error(exc.status, str(exc), exc.headers, **exc.extra)
             except RingbusError as exc:  # the bus is away: the job was not accepted
@@ -560,7 +560,8 @@ class JobClient:
         response = self._http.get(f"/jobs/{job_id}")
         if response.status_code not in (200, 303):
             raise self._fail(response)
-        return response.json()  # type: ignore[no-any-return]
+        doc: dict[str, Any] = response.json()
+        return doc
 
     def result(self, job_id: str) -> Any:
         """The result of a job that succeeded: decoded JSON, or bytes."""
@@ -579,7 +580,8 @@ class JobClient:
         response = self._http.delete(f"/jobs/{job_id}")
         if response.status_code not in (200, 202):
             raise self._fail(response)
-        return response.json()  # type: ignore[no-any-return]
+        doc: dict[str, Any] = response.json()
+        return doc
 
     def wait(self, job: str | Submission, timeout: float = 60.0) -> JobOutcome:
         """Poll until the job finishes, sleeping what each answer's ``Retry-After`` asks; follow the 303.
@@ -672,10 +674,10 @@ def _load_handler(spec: str) -> Callable[..., Any]:
     module, _, name = spec.partition(":")
     if not module or not name:
         raise ValueError(f"--handler must be module:function, got {spec!r}")
-    handler = getattr(importlib.import_module(module), name)
+    handler: Callable[..., Any] = getattr(importlib.import_module(module), name)
     if not callable(handler):
         raise ValueError(f"--handler {spec} is not callable")
-    return handler  # type: ignore[no-any-return]
+    return handler
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -728,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     temp = None if args.data else tempfile.mkdtemp(prefix="ringbus-http-")
-    data = Path(args.data or temp)  # type: ignore[arg-type]
+    data = Path(temp if temp is not None else args.data)
     broker = manager = worker = None
     try:
         url = args.url

@@ -48,7 +48,7 @@ from ringbus._core._stats import QueueStatistics
 try:  # shared memory needs the native core whatever the queues use: there is no twin
     from ringbus._core._shm_channel import ShmChannel
 except ImportError:
-    from ringbus._core._shm_missing import ShmChannel  # type: ignore[assignment]
+    from ringbus._core._shm_missing import ShmChannel  # type: ignore[assignment]  # a stand-in that says why
 
 __all__ = [
     "ArrayRing", "Histogram", "PriorityQueue", "QueueStatistics", "Ring", "ShmChannel", "crc32c", "IMPLEMENTATION",

@@ -11,7 +11,7 @@ import time
 def checked_count(value: object, name: str, minimum: int = 0) -> int:
     """An item count >= minimum, or a clear error naming the argument."""
     try:
-        n = operator.index(value)  # type: ignore[arg-type]
+        n = operator.index(value)  # type: ignore[arg-type]  # any object: TypeError below if it has no __index__
     except TypeError:
         raise TypeError(f"{name} must be an int, got {type(value).__name__}") from None
     if not -sys.maxsize - 1 <= n <= sys.maxsize:  # as the native core's Py_ssize_t conversion

@@ -42,7 +42,7 @@ from collections import deque
 from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import asdict
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
@@ -73,6 +73,7 @@ except ImportError:  # pragma: no cover - only without the optional dependency
 __all__ = ["AmqpBus"]
 
 log = logging.getLogger("ringbus.backends.amqp")
+T = TypeVar("T")
 
 PRIORITY_LEVELS = 10  # x-max-priority: priorities above order as 10, below 0 as 0 (the message keeps its own)
 TTL_GRACE = 1.0  # seconds RabbitMQ waits past a message's ttl before it expires it itself
@@ -264,11 +265,11 @@ class _Io(threading.Thread):
             self._probe = self.conn.channel()
         return self._probe
 
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` on the I/O thread; its result, or its exception raised here."""
         if threading.get_ident() == self.ident:
             return fn(*args)
-        future: Future[Any] = Future()
+        future: Future[T] = Future()
         with self._lock:
             if self.dead:
                 raise PeerGone(f"the connection to RabbitMQ is gone ({self.error!r})")
@@ -1054,7 +1055,7 @@ class AmqpBus(Bus):
             self._catalog_sync()
             return [name for name in self._catalog.records if not name.startswith("@")]
 
-        return self._io.call(names)  # type: ignore[no-any-return]
+        return self._io.call(names)
 
     # -- topics -------------------------------------------------------------------------------------------------
     def _ensure_exchange(self) -> None:
@@ -1291,4 +1292,4 @@ class AmqpBus(Bus):
                 _catalogs.pop(self._server, None)
             return deleted
 
-        return self._io.call(drop)  # type: ignore[no-any-return]
+        return self._io.call(drop)

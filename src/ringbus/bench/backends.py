@@ -25,7 +25,7 @@ import functools
 import socket
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ringbus.bench._harness import Case, timed
 from ringbus.bus import connect
@@ -114,7 +114,10 @@ def redis_raw(n: int) -> float:
                 client.xadd(stream, {"b": body})
             left = n
             while left:
-                for _, entries in client.xreadgroup("g", "c", {stream: ">"}, count=PREFETCH, block=30_000) or ():
+                # RESP2, redis-py's default: [[stream, [(id, fields), ...]]], or None when the block timed out
+                reply = cast("list[list[Any]] | None",
+                             client.xreadgroup("g", "c", {stream: ">"}, count=PREFETCH, block=30_000))
+                for _, entries in reply or ():
                     for entry_id, _fields in entries:
                         client.xack(stream, "g", entry_id)
                         left -= 1

@@ -55,7 +55,7 @@ def _frame(value: object, what: str) -> bytes:
     if type(value) is bytes:
         return value
     try:
-        return bytes(memoryview(value))  # type: ignore[arg-type]
+        return bytes(memoryview(value))  # type: ignore[arg-type]  # any object: TypeError below if not a buffer
     except TypeError:
         raise ProtocolError(f"{what} is a {type(value).__name__}, not bytes") from None
 

@@ -166,7 +166,7 @@ class JobStore:
             db.execute("INSERT INTO jobs (id, status, created, updated, callback_url, hook_state, tenant) "
                        "VALUES (?, 'queued', ?, ?, ?, ?, ?)",
                        (job_id, now, now, callback_url, None if callback_url is None else "waiting", tenant))
-            return self._row(db, job_id)  # type: ignore[return-value]
+            return self._row(db, job_id)  # type: ignore[return-value]  # the row this transaction wrote
 
     def remove(self, job_id: str) -> None:
         with self._tx() as db:
@@ -226,6 +226,7 @@ class JobStore:
             if attempts > record.attempts:
                 db.execute("UPDATE jobs SET attempts = ? WHERE id = ?", (attempts, job_id))
                 record = self._row(db, job_id)
+            # record is not None: the row was there above, in this transaction
             return True, self._finish(db, record, status, result, result_type, error, now)  # type: ignore[arg-type]
 
     def _finish(self, db: sqlite3.Connection, record: JobRecord, status: str, result: bytes | None,
@@ -235,7 +236,7 @@ class JobStore:
         db.execute("UPDATE jobs SET status = ?, result = ?, result_type = ?, error = ?, finished = ?, updated = ?, "
                    "done = ?, hook_state = ?, hook_next = ?, rev = rev + 1 WHERE id = ?",
                    (status, result, result_type, error, now, now, done, hook, now if hook else None, record.id))
-        return self._row(db, record.id)  # type: ignore[return-value]
+        return self._row(db, record.id)  # type: ignore[return-value]  # the row this transaction updated
 
     def cancel(self, job_id: str, now: float) -> tuple[str, JobRecord | None]:
         """Cancel: a queued job at once ("cancelled"), a running one by flag ("requested").

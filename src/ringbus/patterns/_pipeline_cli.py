@@ -33,7 +33,8 @@ def _resolve(ref: str) -> Callable[..., Any]:
         obj = getattr(obj, part)
     if not callable(obj):
         raise ValueError(f"--stage {ref!r}: {qualname!r} is not callable")
-    return obj  # type: ignore[no-any-return]
+    stage: Callable[..., Any] = obj
+    return stage
 
 
 def _chunks(fd: int) -> Iterator[Any]:

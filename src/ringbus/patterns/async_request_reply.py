@@ -412,6 +412,7 @@ class JobManager:
             result = bytes(message.body) if status == "succeeded" else None
             error = headers.get(ERROR_HEADER)
             attempt = headers.get(ATTEMPT_HEADER)
+            # the result's content type: a str the worker set, or absent
             changed, record = self.store.finish(job_id, str(status), result, headers.get(TYPE_HEADER),  # type: ignore[arg-type]
                                                 None if error is None else str(error), self._clock(),
                                                 attempt if isinstance(attempt, int) else 0)
@@ -728,7 +729,8 @@ class JobWorker:
         while True:
             try:
                 reply = bus.request(self.control_service, body, timeout=self.control_timeout)
-                return json.loads(bytes(reply.body))  # type: ignore[no-any-return]
+                answer: dict[str, Any] | None = json.loads(bytes(reply.body))
+                return answer
             except (Empty, RingbusError) as exc:
                 failures += 1
                 if not persistent or (stop is not None and stop.is_set()) or isinstance(exc, Closed):

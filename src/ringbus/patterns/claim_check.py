@@ -449,6 +449,7 @@ class ClaimCheck:
         except ClaimCheckError as exc:
             self._on_error(exc)
             raise
+        # a file-like reader (read, readinto, close...) that checks as it goes, not an io.IOBase subclass
         return ClaimReader(raw, claim, self._on_verified, self._on_error)  # type: ignore[return-value]
 
     def fetch(self, message: Message) -> bytes:

@@ -288,5 +288,5 @@ def idempotent(handler: Callable[[Message], Any], store: DedupStore) -> Callable
     def run_once(message: Message) -> bool:
         return store.once(store.key_of(message), handler, message)
 
-    run_once.__wrapped__ = handler  # type: ignore[attr-defined]
+    run_once.__wrapped__ = handler  # type: ignore[attr-defined]  # as functools.wraps sets it: inspect.unwrap
     return run_once

@@ -45,6 +45,7 @@ from ringbus.bus import (
     connect,
     topic_matcher,
 )
+from ringbus.codec import Serializer
 from ringbus.message import HeaderValue, Message, new_id
 from ringbus.patterns._handling import Dispatcher, Reject
 from ringbus.patterns._retry import RetryPolicy
@@ -92,7 +93,7 @@ class Publisher:
         a restarted publisher is a new one and its sequences start again at 0).
     """
 
-    def __init__(self, bus: Bus, *, serializer: str | None = None, name: str | None = None) -> None:
+    def __init__(self, bus: Bus, *, serializer: Serializer | None = None, name: str | None = None) -> None:
         if not isinstance(bus, Bus):
             raise TypeError(f"bus must be a ringbus.Bus (from ringbus.connect(url)), not {type(bus).__name__}")
         if name is not None and not isinstance(name, str):
@@ -111,7 +112,7 @@ class Publisher:
             if key is not None:
                 changes["key"] = key
             return msgspec.structs.replace(value, **changes)
-        return Message.of(value, self.serializer, key=key, headers=stamp)  # type: ignore[arg-type]
+        return Message.of(value, self.serializer, key=key, headers=stamp)
 
     def _check(self, topic: str, key: str | None, headers: dict[str, HeaderValue] | None) -> None:
         check_topic(topic)

@@ -104,7 +104,8 @@ def verify_signature(secret: str | bytes, header: str | None, body: bytes, *, to
 
 
 def _getaddrinfo(host: str, port: int) -> list[str]:
-    return [info[4][0] for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
+    # the address as text (already a str for TCP; typeshed allows an int for other families)
+    return [str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)]
 
 
 @dataclass(frozen=True)

@@ -201,7 +201,7 @@ class Step:
 
     @property
     def compensation_rules(self) -> tuple[Retry, ...]:
-        return self.compensation_retry  # type: ignore[return-value]
+        return self.compensation_retry  # type: ignore[return-value] # normalized to a tuple by __post_init__
 
 
 def find_cycle(start: str, edges: Mapping[str, Sequence[tuple[str, str]]]) -> list[tuple[str, str, str]] | None:

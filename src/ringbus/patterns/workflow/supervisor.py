@@ -76,13 +76,13 @@ class Supervisor(_Participant):
         timed_out = 0
         for op_id in self.store.due(self.engine.clock()):
             op = self.store.load(op_id)
-            active = op.active if op is not None else None
-            if active is None or active.state != "running":
+            if op is None or op.active is None or op.active.state != "running":
                 continue
+            active = op.active
             log.warning("operation %s: %s of step %r attempt %d ran past its deadline", op_id, active.kind,
                         active.step, active.attempt)
             try:
-                outgoing = self.engine.handle(Report("timeout", op_id, workflow=op.workflow, step=active.step,  # type: ignore[union-attr]
+                outgoing = self.engine.handle(Report("timeout", op_id, workflow=op.workflow, step=active.step,
                                                      kind=active.kind, attempt=active.attempt))
             except UnknownWorkflow as exc:
                 log.error("operation %r cannot be supervised: %s", op_id, exc)

@@ -13,8 +13,8 @@ import pytest
 import ringbus
 from ringbus.errors import PeerGone
 from ringbus.transport import CurveClient
-
-from test_cli import clean_env, free_port, one_error_line, ringbus as run_ringbus  # tests/ is on sys.path
+from test_cli import clean_env, free_port, one_error_line  # tests/ is on sys.path
+from test_cli import ringbus as run_ringbus
 
 pytestmark = pytest.mark.integration
 

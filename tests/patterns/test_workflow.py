@@ -116,16 +116,24 @@ def finished(store: StateStore) -> int:
 
 
 # -- the issue's run: every order completed or compensated, compensations exactly for what completed ---------------
+# Engines that notice a dead consumer and give its task back at once: the broker (heartbeats), RabbitMQ (the
+# connection closes). Redis and NATS give it back only after the tasks queue's visibility timeout (an hour): there
+# the supervisor's step timeout ends a killed agent process's attempt instead (docs/backends.md, feature table).
+NOTICES_DEAD_CONSUMERS = ("tcp://", "ipc://", "amqp://", "amqps://")
+
+
 def test_orders_complete_or_compensate(url: str, tmp_path: Path, peers: list[Peer]) -> None:
     broker = not url.startswith("memory://")
+    notices = url.startswith(NOTICES_DEAD_CONSUMERS)
     name = fresh("orders")
     log = CallLog(tmp_path / "calls.jsonl")
     orders = {f"order-{o['order']}": o for o in plan(ORDERS)}
     ids = list(orders)
     crash_once = {ids[5], ids[17]}  # these orders' first action attempt kills the agent thread running it
     # Two scheduler threads: reports of one operation may be handled by either (the store's compare-and-set).
-    engine = WorkflowEngine(url, order_workflow(), name=name, store=tmp_path / "wf.sqlite3", check_interval=0.2,
-                            schedulers=2)
+    # Where only the step timeout ends the killed process's attempt, a short one keeps the test short.
+    engine = WorkflowEngine(url, order_workflow(timeout=60.0 if notices or not broker else 5.0), name=name,
+                            store=tmp_path / "wf.sqlite3", check_interval=0.2, schedulers=2)
     engine.start()
     agents: list[Agent] = []
     try:
@@ -158,7 +166,12 @@ def test_orders_complete_or_compensate(url: str, tmp_path: Path, peers: list[Pee
     assert isinstance(stats, WorkflowStats) and isinstance(stats, PatternStats)
     assert (stats.operations_completed, stats.operations_compensated, stats.operations_running) == \
         (summary["completed"], summary["compensated"], 0)
-    assert stats.lost == killed  # each dead agent's task came back and was reported lost, once
+    if notices or not broker:
+        assert stats.lost == killed  # each dead agent's task came back and was reported lost, once
+    else:
+        # the two agent threads' buses gave their tasks back as they closed (lost); the killed process's task
+        # stays with it until the visibility timeout, so its attempt ended at the step timeout
+        assert stats.lost == killed - 1 and stats.timeouts >= 1
     assert stats.compensations == summary["compensations"]
     print(f"{ORDERS} orders: {summary}, {killed} agents killed; {stats}")
 
@@ -235,12 +248,17 @@ def test_crash_between_store_and_send(url: str, tmp_path: Path) -> None:
         with pytest.raises(SchedulerCrash):
             first.scheduler.stop()
         stranded = crashing.scheduled()
+        # A stranded task that did go out before the crash is sent again by the restart. A dedup window drops
+        # the copy; an engine without one (RabbitMQ) queues it twice, and two agents may run it (at-least-once,
+        # docs/patterns/scheduler-agent-supervisor.md, "Crash points").
+        repeatable = [] if "dedup" not in bus.unsupported_features else [
+            (op, active.step) for op in stranded if (active := crashing.load(op).active) is not None]
         second = WorkflowEngine(url, order_workflow(), name=name, store=tmp_path / "wf.sqlite3",
                                 check_interval=0.2).start()
         try:
             assert second.supervisor.resent >= 1  # at least the task that never went out
             wait_until(lambda: finished(second.store) == 40, "every operation finished after the restart")
-            summary = check_operations(second.store, log, orders)
+            summary = check_operations(second.store, log, orders, repeatable)
         finally:
             second.stop()
     finally:
@@ -442,8 +460,13 @@ def test_agent_runs_a_repeated_task_once(url: str) -> None:
         unknown = TaskMessage("op-2", "order", "x", "action", "nope", 1, idempotency_key("op-2", "x", "action", 1))
         for message in (task, task, unknown):
             bus.send(tasks_queue(name), encode(message))
+        # The agent answers the repeat with its first result again, sent with a dedup_id: a dedup window drops that
+        # copy; on an engine without one (RabbitMQ) it arrives too (the scheduler's compare-and-set ignores it).
+        again = [("result", "op-1", True)] if "dedup" in bus.unsupported_features else []
+        expected = [("started", "op-1", False), ("result", "op-1", True), *again,
+                    ("started", "op-2", False), ("result", "op-2", False)]
         reports = []
-        while len(reports) < 4:
+        while len(reports) < len(expected):
             message = bus.receive(results_queue(name), timeout=30)
             assert message is not None
             reports.append(decode_report(message.body))
@@ -453,10 +476,9 @@ def test_agent_runs_a_repeated_task_once(url: str) -> None:
         bus.close()
         agent.stop()
     assert calls == ["op-1:pay:1"]
-    assert [(r.type, r.op, r.ok) for r in reports] == [("started", "op-1", False), ("result", "op-1", True),
-                                                        ("started", "op-2", False), ("result", "op-2", False)]
-    assert reports[1].output == {"paid": True}
-    assert reports[3].error["Error"] == "ActionNotFound" and "'nope'" in reports[3].error["Cause"]
+    assert [(r.type, r.op, r.ok) for r in reports] == expected
+    assert all(r.output == {"paid": True} for r in reports if r.type == "result" and r.op == "op-1")
+    assert reports[-1].error["Error"] == "ActionNotFound" and "'nope'" in reports[-1].error["Cause"]
     assert isinstance(stats, AgentStats) and (stats.processed, stats.failed, stats.duplicates) == (1, 1, 1)
 
 

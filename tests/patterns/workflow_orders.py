@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -150,16 +150,21 @@ def order_actions(log: CallLog, *, hang: bool = False, pause: tuple[float, float
     return actions
 
 
-def check_operations(store: StateStore, log: CallLog, orders: dict[str, dict[str, Any]]) -> dict[str, int]:
+def check_operations(store: StateStore, log: CallLog, orders: dict[str, dict[str, Any]],
+                     repeatable: Collection[tuple[str, str]] = ()) -> dict[str, int]:
     """Assert that every operation ended as its plan says, that the agents' effects are exactly the completed
     steps, compensated exactly once each in reverse order, and that the store's step states and attempt counts
-    match the calls. Returns counts for the test's report."""
+    match the calls. Returns counts for the test's report.
+
+    ``repeatable``: (operation, step) pairs whose task may have been queued twice (resent after a crash on an
+    engine without dedup): their calls may repeat, and count once here."""
     effects: dict[str, list[tuple[str, str]]] = defaultdict(list)
     begins: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     for r in log.records():
-        if r["event"] == "effect":
+        again = (r["op"], r["step"]) in repeatable
+        if r["event"] == "effect" and not (again and (r["kind"], r["step"]) in effects[r["op"]]):
             effects[r["op"]].append((r["kind"], r["step"]))
-        elif r["event"] == "begin":
+        elif r["event"] == "begin" and not (again and r["attempt"] in begins[(r["op"], r["step"], r["kind"])]):
             begins[(r["op"], r["step"], r["kind"])].append(r["attempt"])
     summary = {"completed": 0, "compensated": 0, "compensations": 0, "attempts": 0}
     assert set(store.ids()) == set(orders), "the store holds exactly the submitted operations"

@@ -28,6 +28,7 @@ import ringbus
 from ringbus.message import Message
 
 HERE = Path(__file__).resolve().parent
+QUIET = 3.0  # seconds without a message after which a subscriber that was told the end stops
 
 
 # -- measurements --------------------------------------------------------------------------------------------------
@@ -183,22 +184,32 @@ def consumers(url: str, queue: str, directory: str, count: str) -> None:
     print(f"deaths {deaths}", flush=True)
 
 
-def subscriber(url: str, pattern: str, expected: str, idle: str) -> None:
-    """Counts what an ephemeral subscription gets until ``expected`` arrived or nothing came for ``idle`` s;
-    prints ``got N dropped D in_order 0|1``."""
-    want, quiet = int(expected), float(idle)
+def subscriber(url: str, pattern: str, expected: str, done: str) -> None:
+    """Counts what an ephemeral subscription gets until ``expected`` are accounted for (received, or dropped
+    and counted), or the file ``done`` exists and nothing came for ``QUIET`` s after; prints
+    ``got N dropped D in_order 0|1``.
+
+    Quiet alone cannot end it: a subscriber that was SIGSTOPped finds every timeout long past when it runs
+    again, with its backlog still to come.
+    """
     with ringbus.connect(url) as bus:
         subscription = bus.subscribe(pattern)
         print("ready", flush=True)
+        want = int(expected)
         got, last, in_order = 0, -1, True
-        while got < want:
-            message = subscription.receive(timeout=quiet)
-            if message is None:
+        last_seen = time.monotonic()
+        while True:
+            message = subscription.receive(timeout=0.5)
+            if message is not None:
+                seq = int(message.headers["seq"])  # type: ignore[arg-type]
+                in_order = in_order and seq > last
+                last, got, last_seen = seq, got + 1, time.monotonic()
+                if got < want:
+                    continue
+            if got + subscription.dropped >= want:
                 break
-            seq = int(message.headers["seq"])  # type: ignore[arg-type]
-            in_order = in_order and seq > last
-            last = seq
-            got += 1
+            if os.path.exists(done) and time.monotonic() - last_seen > QUIET:
+                break
         print(f"got {got} dropped {subscription.dropped} in_order {int(in_order)}", flush=True)
 
 

@@ -136,9 +136,12 @@ def _frozen_subscriber(tmp_path: Path, total: int, rate: float) -> None:
     """
     endpoint = f"ipc://{tmp_path}/broker.sock"
     heartbeat = max(2.0, total / rate)
-    with BrokerProcess(tmp_path / "data", endpoint, heartbeat=heartbeat, extra=["--peer-hwm", "1000"]) as broker:
+    # No retention of publications for replay: the broker's RSS growth is then what the frozen subscriber costs.
+    extra = ["--peer-hwm", "1000", "--retention-mb", "0"]
+    with BrokerProcess(tmp_path / "data", endpoint, heartbeat=heartbeat, extra=extra) as broker:
         with ExitStack() as stack:
-            subscribers = [stack.enter_context(peer("subscriber", endpoint, "ticks.#", total, 3.0))
+            done = tmp_path / "published"  # created once every publication was confirmed
+            subscribers = [stack.enter_context(peer("subscriber", endpoint, "ticks.#", total, done))
                            for _ in range(3)]
             for child in subscribers:
                 assert child.stdout is not None and child.stdout.readline().strip() == "ready"
@@ -158,6 +161,7 @@ def _frozen_subscriber(tmp_path: Path, total: int, rate: float) -> None:
                     (during if total // 5 <= seq < total * 4 // 5 else before).append(time.monotonic() - t0)
                     time.sleep(max(0.0, started + (seq + 1) / rate - time.monotonic()))
             rss_frozen = proc_status_mib(broker.pid)
+            done.touch()
             outs = [child.communicate(timeout=WAIT)[0].split() for child in subscribers]
     # "got G dropped D in_order 0|1"
     (got_f, dropped_f, order_f), *live = [(int(o[1]), int(o[3]), o[5] == "1") for o in outs]

@@ -1,4 +1,4 @@
-"""SegmentedLog: round trips, segment rolls, recovery from torn and corrupt data, the lock, fsync policies and faults."""
+"""SegmentedLog: round trips, segment rolls, recovery from torn and corrupt data, the lock, fsync policies, faults."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 import os
 import random
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -205,7 +204,7 @@ def test_roll_across_segments_never_straddles(tmp_path: Path, rng: random.Random
     assert [Path(s.path) for s in segments] == files
     assert len(files) > 10
     seen = []
-    for i, (seg, path) in enumerate(zip(segments, files)):
+    for i, (seg, path) in enumerate(zip(segments, files, strict=True)):
         assert path.name == f"{seg.base_lsn:020d}.log"
         assert seg.size == path.stat().st_size
         if i + 1 < len(segments):
@@ -241,7 +240,8 @@ def test_delete_segments_before(tmp_path: Path, rng: random.Random) -> None:
 
 def build(directory: Path, sizes: list[int], **options) -> list[Record]:
     with SegmentedLog(directory, **options) as log:
-        records = [(log.append(i % 256, bytes([i % 256]) * n), i % 256, bytes([i % 256]) * n) for i, n in enumerate(sizes)]
+        records = [(log.append(i % 256, bytes([i % 256]) * n), i % 256, bytes([i % 256]) * n)
+                   for i, n in enumerate(sizes)]
         log.commit()
     return records
 
@@ -260,7 +260,7 @@ def test_cut_at_every_byte_of_the_last_two_records(tmp_path: Path, caplog: pytes
         os.truncate(work / last.name, cut)
         caplog.clear()
         got, stats = replayed(work, segment_bytes=100)
-        complete = [r for r, end in zip(records, ends) if end <= cut]
+        complete = [r for r, end in zip(records, ends, strict=True) if end <= cut]
         good_end = max([8] + [end for end in ends if 8 < end <= cut])
         assert got == complete, cut
         torn = cut != good_end
@@ -418,7 +418,8 @@ def test_the_lock_refuses_another_process(tmp_path: Path) -> None:
         "try:\n    SegmentedLog(sys.argv[1])\nexcept RingbusError as exc:\n    print(exc)\n    sys.exit(3)\n"
     )
     with SegmentedLog(tmp_path):
-        result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=60)
+        result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                                timeout=60)
     assert result.returncode == 3, result.stderr
     assert str(tmp_path) in result.stdout
 

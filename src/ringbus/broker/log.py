@@ -175,7 +175,7 @@ def _good(mapped: mmap.mmap, view: memoryview, off: int, size: int) -> bool:
     if size - off < _REC_LEN:
         return False
     n, crc, _ = _UNPACK_FROM(mapped, off)
-    end = off + _REC_LEN + n
+    end: int = off + _REC_LEN + n
     return end <= size and crc32c(view[off + 8:end]) == crc
 
 
@@ -341,7 +341,8 @@ class SegmentedLog:
         except OSError as exc:
             st.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise RingbusError(f"the log directory {self._dir!r} is in use by another broker (its LOCK is held)") from exc
+                raise RingbusError(f"the log directory {self._dir!r} is in use by another broker "
+                                   "(its LOCK is held)") from exc
             raise RingbusError(f"cannot lock the log directory {self._dir!r}: {exc}") from exc
         return fd
 
@@ -457,7 +458,8 @@ class SegmentedLog:
 
     # -- writing -----------------------------------------------------------------------
 
-    def append(self, kind: int, payload: bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]) -> int:
+    def append(self, kind: int,
+               payload: bytes | bytearray | memoryview | Sequence[bytes | bytearray | memoryview]) -> int:
         """Buffer one record; return its LSN. Durable only after the next ``commit()``.
 
         Parameters
@@ -495,7 +497,7 @@ class SegmentedLog:
         buf = self._buf
         buf += header
         if parts is None:
-            buf += payload  # type: ignore[operator]
+            buf += payload  # type: ignore[arg-type]  # parts is None only for a bytes payload
         else:
             for part in parts:
                 buf += part
@@ -751,7 +753,8 @@ class SegmentedLog:
     def __enter__(self) -> SegmentedLog:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         self.close()
 
     def __repr__(self) -> str:

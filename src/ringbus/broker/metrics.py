@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ringbus._latency import PROMETHEUS_BUCKETS, STAGES, SUMMARY_KEYS, WINDOW, StageWindows
 
@@ -152,7 +153,7 @@ class BrokerCollector:
             for event, count in queue["messages"].items():
                 messages.add_metric([name, event], count)
             for stage, (counts, count, total) in (queue["latency"] or {}).items():
-                buckets = [(_le(bound), float(n)) for bound, n in zip(PROMETHEUS_BUCKETS, counts)]
+                buckets = [(_le(bound), float(n)) for bound, n in zip(PROMETHEUS_BUCKETS, counts, strict=True)]
                 latency.add_metric([name, stage], buckets + [("+Inf", float(count))], total)
         yield from gauges.values()
         yield messages

@@ -21,7 +21,8 @@ import heapq
 import itertools
 import time
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Callable, Iterable, Protocol
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Protocol
 
 import msgspec
 
@@ -66,12 +67,13 @@ class Entry:
         self.deadline = 0.0  # lease end while in flight
         self.holder: Hashable | None = None  # consumer (session) holding it while in flight
         self.lsn = lsn  # where the broker's log holds it (-1: nowhere)
-        self.wire: list[bytes] | None = None  # the frames it arrived in: logged and first delivered as they are
+        # the frames it arrived in (or was encoded to once, for a topic's groups): logged and first delivered as is
+        self.wire: list[bytes | memoryview] | None = None
         # Monotonic time the send was accepted (end-to-end latency); a recovered entry knows its first ready time.
         self.enqueued_at = ready_at
 
 
-Delivery = tuple[int, Message, "list[bytes] | None"]  # (delivery tag, message, its frames if unchanged)
+Delivery = tuple[int, Message, "list[bytes | memoryview] | None"]  # (delivery tag, message, its frames if unchanged)
 
 
 class Journal(Protocol):
@@ -99,7 +101,8 @@ class Queue:
         self.options = options
         self.implicit = implicit  # declared on the side (a dead-letter queue); an explicit declare may redefine it
         self.binding = binding  # topic pattern for a durable subscription group's queue
-        self._ready = PriorityQueue()  # Entry objects; settled ones stay as tombstones (state GONE) until popped
+        # Entry objects; settled ones stay as tombstones (state GONE) until popped
+        self._ready: PriorityQueue[Entry] = PriorityQueue()
         self._ready_count = 0
         self._delayed: list[tuple[float, int, Entry]] = []  # heap by ready_at
         self._expiring: list[tuple[float, int, Entry]] = []  # heap by expires_at
@@ -307,7 +310,7 @@ class QueueBook:
 
     # -- sending ---------------------------------------------------------------------------------------------------
     def send(self, name: str, message: Message, *, delay: float | None = None, ttl: float | None = None,
-             dedup_id: str | None = None, wire: list[bytes] | None = None) -> str:
+             dedup_id: str | None = None, wire: list[bytes | memoryview] | None = None) -> str:
         """Accept ``message`` on queue ``name``; return its id (the first one's, for a dedup repeat).
 
         ``wire``: the frames ``message`` was decoded from, kept to log and deliver it without encoding it again.

@@ -17,8 +17,9 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -37,7 +38,7 @@ from ringbus.broker.protocol import (
     split_batch,
     unpack,
 )
-from ringbus.broker.queues import Queue, QueueBook
+from ringbus.broker.queues import Delivery, Queue, QueueBook
 from ringbus.broker.store import Store
 from ringbus.broker.topics import TopicBook
 from ringbus.bus import QueueOptions, check_name, check_seconds
@@ -304,7 +305,7 @@ class Broker:
         self._sessions: dict[str, _Session] = {}
         self._subscribers: dict[bytes, tuple[int, str, _Subscriber]] = {}  # token -> (book token, session, it)
         self._encoded_cache: tuple[Message | None, list[Any]] = (None, [])
-        self._outbox: list[tuple[list[Any], bool]] = []
+        self._outbox: list[tuple[list[Any], bool | int]] = []  # (frames, confirm: False, True or _SETTLE)
         self._stuck: list[list[Any]] = []  # replies that met a full peer; sent again each turn
         self._feeding: list[_Subscriber] = []  # ephemeral subscribers with events to send this turn
         socket = self._socket = self._context.socket(zmq.ROUTER)
@@ -327,8 +328,8 @@ class Broker:
         self._handlers: dict[bytes, Callable[[bytes, bytes, dict[str, Any], list[Any]], None]] = {
             Command.HELLO: self._hello, Command.DECLARE: self._declare, Command.SEND: self._send_one,
             Command.SEND_MANY: self._send_many, Command.FETCH: self._fetch, Command.ACK: self._ack,
-            Command.NACK: self._nack, Command.REJECT: self._reject, Command.RELEASE: self._release, Command.PUBLISH: self._publish,
-            Command.SUBSCRIBE: self._subscribe, Command.UNSUBSCRIBE: self._unsubscribe,
+            Command.NACK: self._nack, Command.REJECT: self._reject, Command.RELEASE: self._release,
+            Command.PUBLISH: self._publish, Command.SUBSCRIBE: self._subscribe, Command.UNSUBSCRIBE: self._unsubscribe,
             Command.SUBSCRIPTION: self._subscription,
             Command.GROUP: self._group, Command.CONSUMERS: self._consumers, Command.STATS: self._stats,
             Command.QUEUES: self._queues, Command.BROKER: self._broker_stats, Command.HEARTBEAT: self._heartbeat,
@@ -343,7 +344,7 @@ class Broker:
         exchange = self._exporter.exchange if self._exporter is not None else None
         while not self._stop.is_set():
             wait = self._next_wait()
-            if poller.poll(wait * 1000.0):
+            if poller.poll(int(wait * 1000.0)):  # milliseconds, as pyzmq would truncate them
                 for _ in range(BATCH):
                     frames = recv_nowait(socket)
                     if frames is None:
@@ -381,7 +382,7 @@ class Broker:
         # with the machine means a redelivery or an attempt uncounted, never a loss.
         # A failed log refuses the commit below at once: confirms become errors, everything else goes out.
         failed_before = self._log.failed
-        confirms = [(frames, confirm) for frames, confirm in outbox if confirm]
+        confirms: list[tuple[list[Any], bool | int]] = [(frames, confirm) for frames, confirm in outbox if confirm]
         try:
             self._store.flush()
             # Written before any reply leaves (a client that saw a reply knows its earlier commands reached at
@@ -586,7 +587,7 @@ class Broker:
         self._waiters.setdefault(queue, deque()).append(waiter)
         heapq.heappush(self._waiter_deadlines, (waiter.deadline, next(self._waiter_ids), waiter))
 
-    def _deliver(self, identity: bytes, rid: bytes, delivered: list[tuple[int, Message, list[bytes] | None]]) -> None:
+    def _deliver(self, identity: bytes, rid: bytes, delivered: list[Delivery]) -> None:
         counts, inline, out = batch_frames([wire or encode(message) for _, message, wire in delivered])
         tags = [self._tag_run | tag for tag, _, _ in delivered]
         self._reply(identity, rid, {"tags": tags, "frames": counts, "inline": inline}, *out)

@@ -173,7 +173,7 @@ class Store:
         self._declared[name] = record
         self.log.append(DECLARE, _encode((name, record[0], binding)))
 
-    def published(self, offset: int, message: Message, wire: list[bytes] | None = None) -> None:
+    def published(self, offset: int, message: Message, wire: list[bytes | memoryview] | None = None) -> None:
         if not wire or len(wire) > 2:
             wire = encode(message)
         header, body = wire[0], (wire[1] if len(wire) > 1 else None)

@@ -63,8 +63,8 @@ class TopicBook:
 
     def __init__(self, queues: QueueBook, *, retention_seconds: float = 24 * 3600.0,
                  retention_bytes: int = 64 * 1024 * 1024, clock: Callable[[], float] = time.time,
-                 on_publish: Callable[[int, Message, list[bytes] | None], None] | None = None,
-                 encode: Callable[[Message], list[bytes]] | None = None) -> None:
+                 on_publish: Callable[[int, Message, list[bytes | memoryview] | None], None] | None = None,
+                 encode: Callable[[Message], list[bytes | memoryview]] | None = None) -> None:
         self._queues = queues
         self._clock = clock
         self._on_publish = on_publish  # durable backends write the publication down
@@ -119,7 +119,7 @@ class TopicBook:
             self._retained_bytes -= retained.popleft()[4]
         return retained[0][0] if retained else None
 
-    def _fan_out(self, topic: str, message: Message, wire: list[bytes] | None) -> None:
+    def _fan_out(self, topic: str, message: Message, wire: list[bytes | memoryview] | None) -> None:
         groups_seen: dict[tuple[str, str], list[_Member]] = {}
         for member in self._members.values():
             if not member.matches(topic):

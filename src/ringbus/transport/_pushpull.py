@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import zmq
 
@@ -17,7 +17,6 @@ from ringbus.transport._zmq_socket import (
     check_timeout,
     common_doc,
 )
-
 
 __all__ = ["Pusher", "Puller"]
 

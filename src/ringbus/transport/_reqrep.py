@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import zmq
@@ -334,7 +335,8 @@ class Replier(Receiver):
             if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
                 raise ValueError(f"{name} must be a finite number of seconds > 0, not {seconds!r}")
         if stop_event is not None and not callable(getattr(stop_event, "is_set", None)):
-            raise TypeError(f"stop_event must have an is_set() method (a threading.Event), not {type(stop_event).__name__}")
+            raise TypeError("stop_event must have an is_set() method (a threading.Event), "
+                            f"not {type(stop_event).__name__}")
         handled = 0
         while max_messages is None or handled < max_messages:
             if stop_event is not None and stop_event.is_set():

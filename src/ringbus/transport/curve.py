@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 import zmq
 import zmq.auth.thread
@@ -115,7 +116,8 @@ class CurveServer:
 
     __slots__ = ("_secret", "public_key", "authorized_clients")
 
-    def __init__(self, secret_key: str | bytes, public_key: str | bytes, authorized_clients: Iterable[str | bytes]) -> None:
+    def __init__(self, secret_key: str | bytes, public_key: str | bytes,
+                 authorized_clients: Iterable[str | bytes]) -> None:
         secret = _key(secret_key, "secret_key")
         public = _key(public_key, "public_key")
         if zmq.curve_public(secret) != public:

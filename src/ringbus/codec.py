@@ -6,7 +6,8 @@ import enum
 import math
 import pickle
 import re
-from typing import Annotated, Any, Literal, Mapping, Sequence, TypeAlias
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, TypeAlias
 
 import msgspec
 import numpy as np

@@ -20,7 +20,8 @@ behaviour as middleware). Code that connects by URL gets it where ``connect`` re
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from ringbus.backends._common import as_message
 from ringbus.bus import TOPIC_HEADER, Bus, Handler, QueueStats, Start, Subscription
@@ -173,7 +174,8 @@ class _Tracing:
             message._settle = _SpanSettle(message._settle, span)
         return span
 
-    def loop(self, messages: Iterator[Message], destination: Callable[[Message], str]) -> Iterator[Message]:
+    def loop(self, messages: Iterator[Message],
+             destination: Callable[[Message], str]) -> Generator[Message, None, None]:
         """Yield ``messages``, each with its span current while the caller handles it."""
         current = _Current()
         try:
@@ -269,7 +271,8 @@ class TracedBus(Bus):
     def receive(self, queue: str, timeout: float | None = None) -> Message | None:
         return self._tracing.received(lambda: self._bus.receive(queue, timeout), lambda message: queue)
 
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         messages = self._bus.consume(queue, prefetch=prefetch, timeout=timeout)  # bad arguments raise here
         return self._tracing.loop(messages, lambda message: queue)
 

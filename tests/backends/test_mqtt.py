@@ -7,8 +7,8 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -17,11 +17,12 @@ from ringbus.bus import TOPIC_HEADER, connect
 from ringbus.message import Message
 
 paho = pytest.importorskip("paho.mqtt.client")
-from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.subscribeoptions import SubscribeOptions
+# below the skip: paho and ringbus.backends._mqtt_wire need paho-mqtt
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+from paho.mqtt.subscribeoptions import SubscribeOptions  # noqa: E402
+from servers import answers, free_port, kill, missing, start_mosquitto  # noqa: E402
 
-from ringbus.backends._mqtt_wire import mqtt_filter, ringbus_topic
-from servers import answers, free_port, kill, missing, start_mosquitto
+from ringbus.backends._mqtt_wire import mqtt_filter, ringbus_topic  # noqa: E402
 
 HOST, PORT = "127.0.0.1", 1883
 WAIT = 10.0

@@ -26,8 +26,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Generator, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator, NoReturn
+from typing import Any, NoReturn
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
@@ -505,7 +506,8 @@ class MqttBus(Bus):
     def receive(self, queue: str, timeout: float | None = None) -> Message | None:
         self._refuse("queues")
 
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         self._refuse("queues")
 
     def queue_stats(self, queue: str) -> QueueStats:

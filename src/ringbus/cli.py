@@ -110,8 +110,9 @@ def _stats(args: argparse.Namespace) -> int:
     print(f"topics: {topics['published']:,} published, {topics['delivered']:,} delivered, {topics['dropped']:,} "
           f"dropped (slow ephemeral subscribers), {topics['groups']} durable group(s)")
     counters = stats["counters"]
+    services = ", ".join(stats["services"].get("services", {})) or "-"
     print(f"input: {counters['commands']:,} commands, {counters['malformed']:,} malformed, "
-          f"{counters['unknown_command']:,} unknown; services: {', '.join(stats['services'].get('services', {})) or '-'}")
+          f"{counters['unknown_command']:,} unknown; services: {services}")
     return 0
 
 
@@ -155,14 +156,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench.formatter_class = argparse.RawDescriptionHelpFormatter
     bench.epilog = f"suites:\n{suites_help()}\n  all       every suite above"
-    bench.add_argument("suite", nargs="?", default="core", choices=[*available_suites(), "all"], help="which comparisons (default: core)")
-    bench.add_argument("--rounds", type=_config.positive_int, default=5, help="rounds per case; medians are reported (default: 5)")
-    bench.add_argument("--scale", type=_config.positive_float, default=1.0, help="work per round relative to the default (0.1 = a quick look)")
-    bench.add_argument("--quick", action="store_true", help="a smoke run: one round at 1/100 of the work (overrides --rounds and --scale)")
+    bench.add_argument("suite", nargs="?", default="core", choices=[*available_suites(), "all"],
+                       help="which comparisons (default: core)")
+    bench.add_argument("--rounds", type=_config.positive_int, default=5,
+                       help="rounds per case; medians are reported (default: 5)")
+    bench.add_argument("--scale", type=_config.positive_float, default=1.0,
+                       help="work per round relative to the default (0.1 = a quick look)")
+    bench.add_argument("--quick", action="store_true",
+                       help="a smoke run: one round at 1/100 of the work (overrides --rounds and --scale)")
     bench.add_argument("--seed", type=int, default=12345, help="seed for the random priorities")
-    bench.add_argument("--json", action="store_true", help="print one JSON document on stdout instead of a table (progress stays on stderr)")
-    bench.add_argument("--plot", metavar="PNG", help="also save a chart (matplotlib) of throughput and latency percentiles per contender")
-    bench.add_argument("--progress", default="auto", choices=["auto", "rich", "plain", "none"], help="progress on stderr: a rich bar on a terminal when rich is installed, else plain lines (default: auto)")
+    bench.add_argument("--json", action="store_true",
+                       help="print one JSON document on stdout instead of a table (progress stays on stderr)")
+    bench.add_argument("--plot", metavar="PNG",
+                       help="also save a chart (matplotlib) of throughput and latency percentiles per contender")
+    bench.add_argument("--progress", default="auto", choices=["auto", "rich", "plain", "none"],
+                       help="progress on stderr: a rich bar on a terminal when rich is installed, "
+                            "else plain lines (default: auto)")
     bench.set_defaults(handler=_bench)
 
     from ringbus.broker.server import DEFAULT_ENDPOINT, default_data_dir

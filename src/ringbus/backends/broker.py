@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from typing import Any
 
 import zmq
@@ -389,7 +389,7 @@ class BrokerBus(Bus):
         if self._closed:
             raise Closed(f"bus {self.url!r} is closed")
         socket = self._socket
-        ready = dict(self._poller.poll(wait * 1000.0))
+        ready = dict(self._poller.poll(int(wait * 1000.0)))  # milliseconds, as pyzmq would truncate them
         if self._wake_r in ready:
             try:
                 while os.read(self._wake_r, 4096):
@@ -601,7 +601,8 @@ class BrokerBus(Bus):
                 self._abandoned.popitem(last=False)
             return []
         messages = []
-        for tag, wire in zip(payload["tags"], split_batch(payload["frames"], payload.get("inline", []), frames)):
+        wires = split_batch(payload["frames"], payload.get("inline", []), frames)
+        for tag, wire in zip(payload["tags"], wires, strict=True):  # the broker sends a tag per message
             message = decode(wire)
             message._settle = _Settle(self, queue, tag, consumer)
             messages.append(message)
@@ -621,7 +622,8 @@ class BrokerBus(Bus):
             if deadline is not None and time.monotonic() >= deadline:
                 return None
 
-    def consume(self, queue: str, *, prefetch: int = 64, timeout: float | None = None) -> Iterator[Message]:
+    def consume(self, queue: str, *, prefetch: int = 64,
+                timeout: float | None = None) -> Generator[Message, None, None]:
         self._check_open()
         check_prefetch(prefetch)
         timeout = check_seconds("timeout", timeout)
@@ -629,7 +631,7 @@ class BrokerBus(Bus):
         self._call(Command.STATS, {"queue": queue})  # an unknown queue fails here, not at the first next()
         return self._consume(queue, prefetch, timeout)
 
-    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Iterator[Message]:
+    def _consume(self, queue: str, prefetch: int, timeout: float | None) -> Generator[Message, None, None]:
         consumer = _Consumer()
         buffer: deque[Message] = deque()
         self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})

@@ -116,10 +116,11 @@ def finished(store: StateStore) -> int:
 
 
 # -- the run: every order completed or compensated, compensations exactly for what completed ---------------
-# Engines that notice a dead consumer and give its task back at once: the broker (heartbeats), RabbitMQ (the
-# connection closes). Redis and NATS give it back only after the tasks queue's visibility timeout (an hour): there
-# the supervisor's step timeout ends a killed agent process's attempt instead (docs/backends.md, feature table).
-NOTICES_DEAD_CONSUMERS = ("tcp://", "ipc://", "amqp://", "amqps://")
+# Engines that notice a dead consumer and give its task back within seconds: the broker (heartbeats), RabbitMQ (the
+# connection closes), NATS (its ack wait, kept alive by in-progress acks, lapses). Redis gives it back only after
+# the tasks queue's visibility timeout (an hour): there the supervisor's step timeout ends a killed agent process's
+# attempt instead (docs/backends.md, feature table).
+NOTICES_DEAD_CONSUMERS = ("tcp://", "ipc://", "amqp://", "amqps://", "nats://")
 
 
 def test_orders_complete_or_compensate(url: str, tmp_path: Path, peers: list[Peer]) -> None:

@@ -1,4 +1,7 @@
-"""Fault-suite hooks shared by every module in tests/faults: the long tier (marker `full`) runs only with RINGBUS_FULL=1."""
+"""Fault-suite hooks shared by every module in tests/faults.
+
+The long tier (marker `full`) runs only with RINGBUS_FULL=1.
+"""
 
 from __future__ import annotations
 

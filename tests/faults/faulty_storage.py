@@ -22,9 +22,9 @@ import random
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from ringbus.broker.log import Storage
 
@@ -285,7 +285,7 @@ class FaultyStorage(Storage):
             for directory in list(self._names) + [d for d in self._dir_ops if d not in self._names]:
                 names = set(self._dir_names(directory))
                 ops = self._dir_ops.get(directory, [])
-                for op, fate in zip(ops, self._fates(ops, mode, horizon)):
+                for op, fate in zip(ops, self._fates(ops, mode, horizon), strict=True):
                     if fate != "drop":
                         _apply_name(names, op)
                 for name in sorted(names):
@@ -314,7 +314,7 @@ class FaultyStorage(Storage):
 
     def _survivor(self, model: _File, mode: str, horizon: float | None) -> bytes:
         data = bytearray(model.durable)
-        for op, fate in zip(model.pending, self._fates(model.pending, mode, horizon)):
+        for op, fate in zip(model.pending, self._fates(model.pending, mode, horizon), strict=True):
             if fate == "drop":
                 continue
             if op.kind == "truncate" or fate == "keep":

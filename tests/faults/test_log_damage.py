@@ -20,8 +20,6 @@ import shutil
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import ringbus
 from ringbus.backends.broker import BrokerBus
 from ringbus.broker.log import FILE_HEADER, RECORD_HEADER, SegmentedLog

@@ -13,6 +13,13 @@ Cancellation: a FETCH (receive, consume) whose task is cancelled is not forgotte
 deliveries in it are given back at once with RELEASE (not counted as an attempt). A consume iterator that
 ends (cancelled, closed, finished) releases what it had fetched and not handed out.
 
+Broker restarts are ridden as by the sync client, with the same pieces (:mod:`ringbus.backends._broker_session`):
+jittered reconnect backoff; a monitor socket, also watched by the loop, fails the calls waiting on a dropped
+connection at once with :class:`ringbus.PeerGone` (a consume loop just asks again); on reconnecting, a
+consuming session says HELLO, and a broker of a new run hears again of its consume loops (``CONS``) and
+ephemeral subscriptions. A FETCH given up on (timed out, dropped) is remembered: if its reply still comes, its
+deliveries are released at once. Settles held from before a restart reach the new run as stale.
+
 Heartbeats come from the sync client's thread (a socket of its own), so a busy event loop is not taken for a
 dead consumer; requests and ``serve`` speak Majordomo (:mod:`ringbus.aio._mdp`).
 """
@@ -46,8 +53,16 @@ from ringbus.aio._base import (
     loop_guard,
     unwrap,
 )
+from ringbus.backends._broker_session import (
+    CONNECTION_EVENTS,
+    DROPPED,
+    BrokerSession,
+    GivenUp,
+    Heartbeat,
+    reconnect_with_backoff,
+)
 from ringbus.backends._common import NO_SETTLE, as_message
-from ringbus.backends.broker import ACK_BATCH, ACK_HOLD, FETCH_GRACE, SEND_CHUNK, SUBSCRIBER_BUFFER, _Heartbeat
+from ringbus.backends.broker import ACK_BATCH, ACK_HOLD, FETCH_GRACE, SEND_CHUNK, SUBSCRIBER_BUFFER
 from ringbus.broker.protocol import (
     ERR,
     EVENT,
@@ -78,6 +93,7 @@ _rid = struct.Struct(">Q").pack
 _EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)  # plain ints: pyzmq's enums cost on every read
 
 Reply = tuple[dict[str, Any], list[bytes]]
+Orphan = Callable[[dict[str, Any]], None]  # takes the reply of a FETCH nobody awaits any more, to give it back
 
 
 class _Pending:
@@ -85,8 +101,7 @@ class _Pending:
 
     __slots__ = ("future", "deadline", "orphan")
 
-    def __init__(self, future: asyncio.Future[Reply], deadline: float,
-                 orphan: Callable[[dict[str, Any]], None] | None) -> None:
+    def __init__(self, future: asyncio.Future[Reply], deadline: float, orphan: Orphan | None) -> None:
         self.future = future
         self.deadline = deadline
         self.orphan = orphan
@@ -254,13 +269,19 @@ class AsyncBrokerBus(AsyncBus):
         self._socket.setsockopt(zmq.LINGER, 0)
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
+        reconnect_with_backoff(self._socket)
+        self._monitor: zmq.Socket[Any] = self._socket.get_monitor_socket(CONNECTION_EVENTS)
+        self._session = new_id()
+        self._rids = itertools.count(1)
+        # The connection's drops and returns, the broker's run, the consume loops to announce again.
+        self._link = BrokerSession(self._session, url, self._rids, self._send, self._notify)
+        self._given_up: GivenUp[Orphan] = GivenUp()  # FETCHes given up on: their late replies are given back
         self._socket.connect(url)
         self._fd: int = self._socket.getsockopt(zmq.FD)
+        self._monitor_fd: int = self._monitor.getsockopt(zmq.FD)
         self._read_soon = False  # a read of the socket is scheduled
         self._backlog: deque[list[Any]] = deque()  # commands waiting for room under the high-water mark
         self._backlog_retry = 0.0
-        self._session = new_id()
-        self._rids = itertools.count(1)
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = 0
@@ -270,7 +291,7 @@ class AsyncBrokerBus(AsyncBus):
         self._held_acks: dict[str, list[int]] = {}
         self._held_since: float | None = None
         self._hello: asyncio.Future[None] | None = None
-        self._heartbeat: _Heartbeat | None = None
+        self._heartbeat: Heartbeat | None = None
         self._mdp = _mdp.MdpClients(self._context, url)
 
     # -- plumbing ---------------------------------------------------------------------------------------------
@@ -282,6 +303,8 @@ class AsyncBrokerBus(AsyncBus):
             loop = self._loop = loop_guard(None, self.url)
             self._thread = threading.get_ident()
             loop.add_reader(self._fd, self._on_readable)
+            loop.add_reader(self._monitor_fd, self._on_connection_events)
+            loop.call_soon(self._on_connection_events)  # events of before the reader (ZMQ_FD is edge-triggered)
             self._tasks = [loop.create_task(self._housekeep(), name=f"ringbus-aio-housekeep {self.url}")]
         elif asyncio.get_running_loop() is not self._loop:
             loop_guard(self._loop, self.url)
@@ -362,9 +385,11 @@ class AsyncBrokerBus(AsyncBus):
             self._notify(Command.RELEASE, {"queue": queue, "tags": tags})
 
     def _request(self, command: bytes, args: dict[str, Any], frames: Iterable[Any], timeout: float | None,
-                 orphan: Callable[[dict[str, Any]], None] | None) -> tuple[bytes, asyncio.Future[Reply]]:
+                 orphan: Orphan | None) -> tuple[bytes, asyncio.Future[Reply]]:
         """Send a command; its request id and the future of its reply (failed with PeerGone after ``timeout``)."""
         self._start()
+        if _readable(self._monitor):
+            self._on_connection_events()  # a drop seen before this request must not fail it
         self._flush_settles()  # held acks go before anything that may depend on them (a key's next message)
         rid = _rid(next(self._rids))
         assert self._loop is not None
@@ -417,7 +442,9 @@ class AsyncBrokerBus(AsyncBus):
                 return
             pending = self._pending.pop(rid, None)
             if pending is None:
-                return  # the late reply of a call given up on
+                if not self._link.answered(rid, status, frames):  # a request of the session's, after a reconnect
+                    self._late_reply(rid, status, frames)
+                return
             payload = unpack(frames[3])
             future = pending.future
             if future.done():  # its caller was cancelled
@@ -443,9 +470,45 @@ class AsyncBrokerBus(AsyncBus):
             if rounds % EXPIRY_EVERY == 0 and self._pending:
                 self._expire(time.monotonic())
 
+    def _late_reply(self, rid: bytes, status: bytes, frames: list[bytes]) -> None:
+        """The reply to a call given up on: a FETCH's deliveries go back at once (nobody will settle them)."""
+        orphan = self._given_up.pop(rid)
+        if orphan is not None and status == OK:
+            orphan(unpack(frames[3]))
+
+    def _give_up(self, rid: bytes) -> asyncio.Future[Reply]:
+        """Stop waiting for a reply; a FETCH's, if it still comes, is given back. Returns the call's future."""
+        pending = self._pending.pop(rid)
+        if pending.orphan is not None:
+            self._given_up.add(rid, pending.orphan)  # a broker that got it after all may still deliver to it
+        return pending.future
+
+    def _on_connection_events(self) -> None:
+        """Follow the connection: calls waiting on a dropped one fail at once (PeerGone; a consume loop just
+        asks again); when it comes back, a consuming session says HELLO, and a restarted broker hears of its
+        consumers and ephemeral subscriptions again."""
+        if self._closed:
+            return
+        try:
+            for change in self._link.connection_changes(self._monitor):
+                if change is DROPPED:
+                    for rid in list(self._pending):
+                        future = self._give_up(rid)
+                        if not future.done():
+                            future.set_exception(self._link.lost())
+                else:
+                    self._link.hello_again(self._heartbeat, self._subscriptions)
+        except zmq.ZMQError:  # the bus closed under us
+            return
+
+    @property
+    def reconnects(self) -> int:
+        """Times the connection to the broker dropped and came back."""
+        return self._link.reconnects
+
     def _expire(self, now: float) -> None:
         for rid in [rid for rid, pending in self._pending.items() if pending.deadline <= now]:
-            future = self._pending.pop(rid).future
+            future = self._give_up(rid)
             if not future.done():
                 future.set_exception(PeerGone(
                     f"the broker at {self.url} did not answer in time (is `ringbus broker` running there?); "
@@ -468,7 +531,8 @@ class AsyncBrokerBus(AsyncBus):
         # The broker decides how often it expects to hear from us.
         payload, _ = await self._call(Command.HELLO, {"session": self._session})
         if self._heartbeat is None and not self._closed:
-            self._heartbeat = _Heartbeat(self._sync_context, self.url, self._session,
+            self._link.run = payload.get("run")
+            self._heartbeat = Heartbeat(self._sync_context, self.url, self._session,
                                          float(payload.get("heartbeat", 1.0)))
             self._heartbeat.start()
 
@@ -570,6 +634,7 @@ class AsyncBrokerBus(AsyncBus):
         ahead: asyncio.Future[Reply] | None = None
         half = (prefetch + 1) // 2
         self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})
+        self._link.consume_started(queue)
         idle_since = time.monotonic()
         try:
             while not self._closed:
@@ -601,6 +666,7 @@ class AsyncBrokerBus(AsyncBus):
         except Closed:
             return
         finally:
+            self._link.consume_ended(queue)
             if ahead is not None:  # a read-ahead still out
                 if ahead.done() and not ahead.cancelled() and ahead.exception() is None:
                     buffer.extend(self._delivered(ahead.result(), queue, None))
@@ -686,6 +752,12 @@ class AsyncBrokerBus(AsyncBus):
             await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._loop is not None:
             self._loop.remove_reader(self._fd)
+            self._loop.remove_reader(self._monitor_fd)
+        try:
+            self._socket.disable_monitor()
+        except zmq.ZMQError:
+            pass
+        self._monitor.close(linger=0)
         self._socket.close(linger=1000)  # let BYE and the last settles reach the broker
 
     @property

@@ -30,17 +30,23 @@ import functools
 import itertools
 import logging
 import os
-import random
 import struct
 import threading
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Generator
+from collections import deque
+from collections.abc import Generator
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
+from ringbus.backends._broker_session import (
+    CONNECTION_EVENTS,
+    DROPPED,
+    BrokerSession,
+    GivenUp,
+    Heartbeat,
+    reconnect_with_backoff,
+)
 from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
 from ringbus.broker.mdp_client import MajordomoClient, MajordomoWorker, ServiceError
 from ringbus.broker.protocol import (
@@ -86,24 +92,8 @@ ACK_BATCH = 256
 ACK_HOLD = 0.05
 SEND_CHUNK = 256  # messages per command of a send_many
 FETCH_GRACE = 5.0  # seconds past its wait that a FETCH may take before it is asked again
-# Reconnecting: a socket's first retry comes after a random interval in [RECONNECT_MIN, 3 * RECONNECT_MIN],
-# and each further one after twice the last, up to RECONNECT_MAX.
-RECONNECT_MIN = 0.1
-RECONNECT_MAX = 2.0
-ABANDONED_FETCHES = 1024  # given-up FETCHes remembered, so that a late reply's deliveries are given back
 _LOST: tuple[dict[str, Any], list[bytes]] = ({"__lost__": True}, [])  # a reply that cannot come any more
-# A failed handshake is (almost always) CURVE: a key the broker does not authorise, a wrong server key, or one
-# side without CURVE. Followed to say so when the request fails, rather than "dropped".
-_HANDSHAKE_FAILED = (zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
-                     | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
-_CONNECTION_EVENTS = zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_SUCCEEDED | _HANDSHAKE_FAILED
 _rid = struct.Struct(">Q").pack
-
-
-def _reconnect_with_backoff(socket: zmq.Socket[Any]) -> None:
-    """Jittered exponential reconnect backoff (libzmq doubles the interval but adds no jitter of its own)."""
-    socket.setsockopt(zmq.RECONNECT_IVL, int(random.uniform(RECONNECT_MIN, 3 * RECONNECT_MIN) * 1000))
-    socket.setsockopt(zmq.RECONNECT_IVL_MAX, int(RECONNECT_MAX * 1000))
 
 
 class _Settle:
@@ -221,38 +211,6 @@ class _BrokerSubscription(Subscription):
                 bus._call(Command.UNSUBSCRIBE, {"token": self._token})
 
 
-class _Heartbeat(threading.Thread):
-    """Beats for a session from a socket of its own, so a busy consumer is not taken for dead."""
-
-    def __init__(self, context: zmq.Context[Any], endpoint: str, session: str, interval: float,
-                 curve: CurveClient | None = None) -> None:
-        super().__init__(name=f"ringbus-heartbeat-{session[:8]}", daemon=True)
-        self._context = context
-        self._curve = curve
-        self._endpoint = endpoint
-        self._frames = [SIGNATURE, Command.HEARTBEAT, b"", pack({"session": session})]
-        self.interval = interval  # the broker's; a restarted one may say otherwise
-        self.stopping = threading.Event()
-
-    def run(self) -> None:
-        socket = self._context.socket(zmq.DEALER)
-        socket.setsockopt(zmq.LINGER, 0)
-        socket.setsockopt(zmq.SNDHWM, 10)
-        _reconnect_with_backoff(socket)
-        if self._curve is not None:
-            self._curve.apply(socket)
-        socket.connect(self._endpoint)
-        try:
-            while not self.stopping.is_set():
-                try:
-                    socket.send_multipart(self._frames, zmq.NOBLOCK)
-                except zmq.Again:  # broker unreachable: beats are not worth queueing
-                    pass
-                self.stopping.wait(self.interval)
-        finally:
-            socket.close(0)
-
-
 class BrokerBus(Bus):
     """A Bus on the embedded broker at ``tcp://host:port`` or ``ipc:///path``; see the module docstring.
 
@@ -293,13 +251,13 @@ class BrokerBus(Bus):
             raise ValueError(f"hwm must be an int >= 1, got {hwm!r}")
         self._socket.setsockopt(zmq.SNDHWM, hwm)
         self._socket.setsockopt(zmq.RCVHWM, hwm)
-        _reconnect_with_backoff(self._socket)
+        reconnect_with_backoff(self._socket)
         if curve is not None:
             curve.apply(self._socket)
-        self._monitor = self._socket.get_monitor_socket(_CONNECTION_EVENTS)
-        self._connected_once = False
-        self._handshake_failed = False  # the last handshake with the broker failed (CURVE refused or mismatched)
-        self.reconnects = 0  # times the connection to the broker dropped and came back
+        self._monitor = self._socket.get_monitor_socket(CONNECTION_EVENTS)
+        # The connection's drops and returns, the broker's run, the consume loops to announce again.
+        self._link = BrokerSession(self._session, url, self._rids,
+                                   functools.partial(send_frames, self._socket, block=True), self._notify)
         self._socket.connect(url)
         # Settles made in other threads wake the owner through this pipe, polled beside the socket.
         self._wake_r, self._wake_w = os.pipe()
@@ -314,12 +272,8 @@ class BrokerBus(Bus):
         self._foreign_settles: deque[tuple[bytes, dict[str, Any]]] = deque()
         self._held_acks: dict[str, list[int]] = {}
         self._held_since: float | None = None
-        self._consuming: Counter[str] = Counter()  # queue -> consume loops running on it
-        self._abandoned: OrderedDict[bytes, str] = OrderedDict()  # FETCH request id -> its queue
-        # Requests sent from inside _pump (after a reconnect), whose replies are handled as they come.
-        self._callbacks: dict[bytes, Callable[[dict[str, Any], list[bytes]], None]] = {}
-        self._broker_run: object = None  # what the broker's HELLO said of its run (a restart changes it)
-        self._heartbeat: _Heartbeat | None = None
+        self._abandoned: GivenUp[str] = GivenUp()  # FETCH request id -> its queue
+        self._heartbeat: Heartbeat | None = None
         self._mdp_client: MajordomoClient | None = None
         self._workers: list[MajordomoWorker] = []
 
@@ -334,9 +288,9 @@ class BrokerBus(Bus):
         if self._heartbeat is None:
             # The broker decides how often it expects to hear from us.
             payload, _ = self._call(Command.HELLO, {"session": self._session})
-            self._broker_run = payload.get("run")
+            self._link.run = payload.get("run")
             interval = float(payload.get("heartbeat", self._heartbeat_interval))
-            self._heartbeat = _Heartbeat(self._context, self.url, self._session, interval, self._curve)
+            self._heartbeat = Heartbeat(self._context, self.url, self._session, interval, self._curve)
             self._heartbeat.start()
 
     def _notify(self, command: bytes, args: dict[str, Any]) -> None:
@@ -417,10 +371,7 @@ class BrokerBus(Bus):
                                                                                batch.get("inline", []), frames[4:])],
                                          int(batch.get("dropped", 0)))
                 continue
-            callback = self._callbacks.pop(rid, None)
-            if callback is not None:
-                if status == OK:
-                    callback(unpack(frames[3]), frames[4:])
+            if self._link.answered(rid, status, frames):  # a request of the session's, after a reconnect
                 continue
             if rid not in self._replies:
                 self._late_reply(rid, status, frames)
@@ -438,13 +389,8 @@ class BrokerBus(Bus):
         try:
             while True:
                 reply = self._replies.get(rid)
-                if reply is _LOST and self._handshake_failed:
-                    raise PeerGone(f"the broker at {self.url} refused the connection's security handshake: with "
-                                   "CURVE, is this client's public key among its authorised keys, and is "
-                                   "server_public_key the broker's? (or one side has CURVE and the other not)")
                 if reply is _LOST:
-                    raise PeerGone(f"the connection to the broker at {self.url} dropped before it answered (is it "
-                                   "restarting?); the request may or may not have taken effect")
+                    raise self._link.lost()
                 if reply is not None:
                     payload, frames = reply
                     if payload.pop("__error__", False):
@@ -461,68 +407,22 @@ class BrokerBus(Bus):
 
     def _connection_events(self) -> None:
         """Follow the connection: what waits on a dropped one fails; on a new one, tell the broker who we are."""
-        while True:
-            try:
-                event = recv_monitor_message(self._monitor, zmq.NOBLOCK)["event"]
-            except zmq.Again:
-                return
-            if event == zmq.EVENT_DISCONNECTED:
+        for change in self._link.connection_changes(self._monitor):
+            if change is DROPPED:
                 for rid, reply in self._replies.items():
                     if reply is None:
                         self._replies[rid] = _LOST
-            elif event & _HANDSHAKE_FAILED:
-                self._handshake_failed = True
-                for rid, reply in self._replies.items():
-                    if reply is None:
-                        self._replies[rid] = _LOST
-            elif event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self._handshake_failed = False
-                if self._connected_once:
-                    self.reconnects += 1
-                    self._hello_again()
-                self._connected_once = True
+            else:
+                self._link.hello_again(self._heartbeat, self._subscriptions)
 
-    def _hello_again(self) -> None:
-        """After a reconnect, a session that consumes says HELLO (answered in :meth:`_greeted`)."""
-        if self._heartbeat is None:
-            return  # nothing to announce: the broker learns a producer's requests as they come
-        self._send_async(Command.HELLO, {"session": self._session}, self._greeted)
-
-    def _send_async(self, command: bytes, args: dict[str, Any],
-                    callback: Callable[[dict[str, Any], list[bytes]], None]) -> None:
-        """Send a request from inside :meth:`_pump`; ``callback(payload, frames)`` gets its OK reply."""
-        rid = _rid(next(self._rids))
-        self._callbacks[rid] = callback
-        send_frames(self._socket, [SIGNATURE, command, rid, pack(args)], block=True)
-
-    def _greeted(self, payload: dict[str, Any], frames: list[bytes]) -> None:
-        """The broker answered a HELLO after a reconnect: if it is a new run, it must hear of our consumers,
-        and our ephemeral subscriptions must be made again (what was published in between is missed)."""
-        if self._heartbeat is not None:
-            self._heartbeat.interval = float(payload.get("heartbeat", self._heartbeat.interval))
-        run = payload.get("run")
-        if run == self._broker_run:
-            return  # the same broker (the connection only blinked): it still knows them
-        self._broker_run = run
-        for queue, loops in self._consuming.items():
-            for _ in range(loops):
-                self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})
-        for token, subscription in list(self._subscriptions.items()):
-            self._send_async(Command.SUBSCRIBE, {"pattern": subscription.pattern, "group": subscription.group,
-                                                 "session": self._session},
-                             functools.partial(self._resubscribed, token))
-
-    def _resubscribed(self, old: bytes, payload: dict[str, Any], frames: list[bytes]) -> None:
-        subscription = self._subscriptions.pop(old, None)
-        if subscription is None:  # closed meanwhile
-            self._notify(Command.UNSUBSCRIBE, {"token": payload["token"]})
-            return
-        subscription._token = payload["token"]
-        self._subscriptions[subscription._token] = subscription
+    @property
+    def reconnects(self) -> int:
+        """Times the connection to the broker dropped and came back."""
+        return self._link.reconnects
 
     def _late_reply(self, rid: bytes, status: bytes, frames: list[Any]) -> None:
         """The reply to a request given up on: deliveries of a FETCH go back at once (nobody will settle them)."""
-        queue = self._abandoned.pop(rid, None)
+        queue = self._abandoned.pop(rid)
         if queue is None or status != OK:
             return
         tags = unpack(frames[3]).get("tags")
@@ -596,9 +496,7 @@ class BrokerBus(Bus):
         except PeerGone:
             if self._closed:
                 raise
-            self._abandoned[rid] = queue  # a broker that got it after all may still deliver to it
-            if len(self._abandoned) > ABANDONED_FETCHES:
-                self._abandoned.popitem(last=False)
+            self._abandoned.add(rid, queue)  # a broker that got it after all may still deliver to it
             return []
         messages = []
         wires = split_batch(payload["frames"], payload.get("inline", []), frames)
@@ -635,7 +533,7 @@ class BrokerBus(Bus):
         consumer = _Consumer()
         buffer: deque[Message] = deque()
         self._notify(Command.CONSUMERS, {"queue": queue, "delta": 1, "session": self._session})
-        self._consuming[queue] += 1
+        self._link.consume_started(queue)
         idle_since = time.monotonic()
         try:
             while not self._closed:
@@ -657,9 +555,7 @@ class BrokerBus(Bus):
         except Closed:
             return
         finally:
-            self._consuming[queue] -= 1
-            if not self._consuming[queue]:
-                del self._consuming[queue]
+            self._link.consume_ended(queue)
             if not self._closed:
                 self._flush_settles()
                 if buffer:  # prefetched, never seen: back to the queue without counting an attempt

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections import deque
 from typing import Any
 
 import msgspec
 
 from ringbus.bus import check_headers, check_name, topic_matcher
+from ringbus.errors import Closed
 from ringbus.message import HeaderValue, Message
 
-__all__ = ["as_message", "check_prefetch", "check_subscription", "reply_message", "ServiceError", "NO_SETTLE"]
+__all__ = ["as_message", "check_prefetch", "check_subscription", "reply_message", "Inbox", "ServiceError", "NO_SETTLE"]
 
 _BYTES_LIKE = (bytes, bytearray, memoryview)
 _replace = msgspec.structs.replace
@@ -99,3 +103,49 @@ class _NoSettle:
 
 
 NO_SETTLE = _NoSettle()
+
+
+class Inbox:
+    """Items handed from a backend's I/O thread to a waiting caller; beyond ``limit`` they are dropped (counted).
+
+    A wait wakes at least every ``slice`` seconds, so that a caller blocked without a deadline still sees close().
+    """
+
+    def __init__(self, limit: int | None = None, slice: float = 0.25) -> None:
+        self.items: deque[Any] = deque()
+        self.cond = threading.Condition()
+        self.limit = limit
+        self.slice = slice
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: Any) -> None:
+        with self.cond:
+            if self.limit is not None and len(self.items) >= self.limit:
+                self.dropped += 1
+                return
+            self.items.append(item)
+            self.cond.notify()
+
+    def get(self, deadline: float | None) -> Any:
+        """The next item, or None at ``deadline`` (monotonic; None: wait for ever); Closed once closed."""
+        with self.cond:
+            while not self.items:
+                if self.closed:
+                    raise Closed("closed while waiting for a message")
+                wait = None if deadline is None else deadline - time.monotonic()
+                if wait is not None and wait <= 0.0:
+                    return None
+                self.cond.wait(self.slice if wait is None else min(wait, self.slice))
+            return self.items.popleft()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+
+    def drain(self) -> list[Any]:
+        with self.cond:
+            items = list(self.items)
+            self.items.clear()
+            return items

@@ -47,7 +47,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
+from ringbus.backends._common import (
+    NO_SETTLE,
+    Inbox,
+    as_message,
+    check_prefetch,
+    check_subscription,
+    reply_message,
+)
 from ringbus.bus import (
     TOPIC_HEADER,
     Bus,
@@ -191,48 +198,6 @@ def _catalog_served(params: Any, queue: str, catalog: _Catalog) -> None:
 
 def _unsupported(feature: str) -> Unsupported:
     return Unsupported(f"the amqp:// backend does not support {UNSUPPORTED[feature]}", feature=feature)
-
-
-class _Inbox:
-    """Deliveries handed from the I/O thread to a waiting caller."""
-
-    def __init__(self, limit: int | None = None) -> None:
-        self.items: deque[Any] = deque()
-        self.cond = threading.Condition()
-        self.limit = limit
-        self.dropped = 0
-        self.closed = False
-
-    def put(self, item: Any) -> None:
-        with self.cond:
-            if self.limit is not None and len(self.items) >= self.limit:
-                self.dropped += 1
-                return
-            self.items.append(item)
-            self.cond.notify()
-
-    def get(self, deadline: float | None) -> Any:
-        """The next item, or None at ``deadline`` (monotonic; None waits for ever); Closed once closed."""
-        with self.cond:
-            while not self.items:
-                if self.closed:
-                    raise Closed("closed while waiting for a message")
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0.0:
-                    return None
-                self.cond.wait(wait if wait is None or wait < 1.0 else 1.0)
-            return self.items.popleft()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
-
-    def drain(self) -> list[Any]:
-        with self.cond:
-            items = list(self.items)
-            self.items.clear()
-            return items
 
 
 def _wake() -> None:
@@ -391,14 +356,14 @@ class _AmqpSubscription(Subscription):
         self.durable = durable
         self._bus = bus
         self._closed = False
-        self._inbox: _Inbox | None = None
+        self._inbox: Inbox | None = None
         self._tag: str | None = None
         if durable:
             assert group is not None
             self._queue = f"@{group}"
             bus._io.call(bus._declare_group, self._queue, pattern)
         else:
-            self._inbox = _Inbox(SUBSCRIBER_BUFFER)
+            self._inbox = Inbox(SUBSCRIBER_BUFFER)
             self._tag = bus._io.call(bus._subscribe_ephemeral, pattern, group, self._inbox)
 
     def receive(self, timeout: float | None = None) -> Message | None:
@@ -486,7 +451,7 @@ class AmqpBus(Bus):
         self._new_leases: deque[tuple[float, _Delivery]] = deque()
         self._seq = itertools.count()
         self._open: set[_Delivery] = set()
-        self._inboxes: dict[_Inbox, str | None] = {}  # consumers' inboxes -> their ringbus queue (None: service)
+        self._inboxes: dict[Inbox, str | None] = {}  # consumers' inboxes -> their ringbus queue (None: service)
         self._calls: dict[str, _Call] = {}
         self._reply_consumer: str | None = None
         self._declared: set[str] = set()
@@ -808,7 +773,7 @@ class AmqpBus(Bus):
         self._delivered(queue, 1)
         return method, properties, body
 
-    def _consume_start(self, queue: str, prefetch: int, inbox: _Inbox, auto_ack: bool = False) -> str:
+    def _consume_start(self, queue: str, prefetch: int, inbox: Inbox, auto_ack: bool = False) -> str:
         channel = self._io.ch
         channel.basic_qos(prefetch_count=prefetch)
         owner = self._inboxes.get(inbox)  # the ringbus queue whose deliveries these are (None: a service's)
@@ -821,7 +786,7 @@ class AmqpBus(Bus):
         tag: str = channel.basic_consume(queue, deliver, auto_ack=auto_ack)  # pika is untyped: its consumer tag
         return tag
 
-    def _cancel(self, tag: str, inbox: _Inbox | None, queue: str | None = None) -> None:
+    def _cancel(self, tag: str, inbox: Inbox | None, queue: str | None = None) -> None:
         channel = self._io.ch
         if channel.is_open:
             if inbox is not None:
@@ -848,7 +813,7 @@ class AmqpBus(Bus):
                 return
         channel.basic_nack(method.delivery_tag, requeue=True)
 
-    def _stop_consuming(self, tag: str, inbox: _Inbox, queue: str | None = None) -> None:
+    def _stop_consuming(self, tag: str, inbox: Inbox, queue: str | None = None) -> None:
         """End a consumer of this Bus (from the owner thread); what it delivered but nobody took goes back (to
         ``queue`` without an attempt, when it is a queue consumer)."""
         self._inboxes.pop(inbox, None)
@@ -970,7 +935,7 @@ class AmqpBus(Bus):
                 return message
         if deadline is not None and deadline <= time.monotonic():
             return None
-        inbox = _Inbox()
+        inbox = Inbox()
         self._inboxes[inbox] = queue
         tag = self._io.call(self._consume_start, self._q(queue), 1, inbox)
         try:
@@ -994,7 +959,7 @@ class AmqpBus(Bus):
 
     def _consume(self, queue: str, record: dict[str, Any], prefetch: int,
                  timeout: float | None) -> Generator[Message, None, None]:
-        inbox = _Inbox()
+        inbox = Inbox()
         self._inboxes[inbox] = queue
         tag = self._io.call(self._consume_start, self._q(queue), prefetch, inbox)
         try:
@@ -1093,7 +1058,7 @@ class AmqpBus(Bus):
         self._declare(queue, dict(_DEFAULTS), group_pattern=pattern)
         self._io.ch.queue_bind(self._q(queue), self._exchange, routing_key=pattern)
 
-    def _subscribe_ephemeral(self, pattern: str, group: str | None, inbox: _Inbox) -> str:
+    def _subscribe_ephemeral(self, pattern: str, group: str | None, inbox: Inbox) -> str:
         self._ensure_exchange()
         channel = self._io.ch
         if group is None:
@@ -1196,7 +1161,7 @@ class AmqpBus(Bus):
     def serve(self, service: str, handler: Handler, *, stop: threading.Event | None = None) -> None:
         self._check_open()
         check_name("service", service)
-        inbox = _Inbox()
+        inbox = Inbox()
         self._inboxes[inbox] = None
 
         def start() -> str:

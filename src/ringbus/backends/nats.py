@@ -54,7 +54,14 @@ from collections import deque
 from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ringbus.backends._common import NO_SETTLE, as_message, check_prefetch, check_subscription, reply_message
+from ringbus.backends._common import (
+    NO_SETTLE,
+    Inbox,
+    as_message,
+    check_prefetch,
+    check_subscription,
+    reply_message,
+)
 from ringbus.backends._nats_wire import UNSUPPORTED
 from ringbus.bus import (
     Bus,
@@ -85,42 +92,6 @@ SUBSCRIBER_BUFFER = 10_000
 
 def _unsupported(feature: str) -> Unsupported:
     return Unsupported(f"the nats:// backend does not support {UNSUPPORTED[feature]}")
-
-
-class _Inbox:
-    """Items handed from the loop thread to a waiting caller (bounded: beyond ``limit`` they are dropped)."""
-
-    def __init__(self, limit: int | None = None) -> None:
-        self.items: deque[Any] = deque()
-        self.cond = threading.Condition()
-        self.limit = limit
-        self.dropped = 0
-        self.closed = False
-
-    def put(self, item: Any) -> None:
-        with self.cond:
-            if self.limit is not None and len(self.items) >= self.limit:
-                self.dropped += 1
-                return
-            self.items.append(item)
-            self.cond.notify()
-
-    def get(self, deadline: float | None) -> Any:
-        """The next item, or None at ``deadline`` (monotonic; None: wait for ever); Closed once closed."""
-        with self.cond:
-            while not self.items:
-                if self.closed:
-                    raise Closed("closed while waiting for a message")
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0.0:
-                    return None
-                self.cond.wait(SLICE if wait is None else min(wait, SLICE))
-            return self.items.popleft()
-
-    def close(self) -> None:
-        with self.cond:
-            self.closed = True
-            self.cond.notify_all()
 
 
 class _Credit:
@@ -197,13 +168,13 @@ class _NatsSubscription(Subscription):
         self.durable = durable
         self._bus = bus
         self._closed = False
-        self._inbox: _Inbox | None = None
+        self._inbox: Inbox | None = None
         self._tap: TopicTap | None = None
         if durable:
             assert group is not None
             bus._run(bus._core.join(pattern, group, start))
         else:
-            self._inbox = _Inbox(SUBSCRIBER_BUFFER)
+            self._inbox = Inbox(SUBSCRIBER_BUFFER)
             self._tap = bus._run(bus._core.tap(pattern, group, self._inbox.put))
 
     def receive(self, timeout: float | None = None) -> Message | None:
@@ -455,7 +426,7 @@ class NatsBus(Bus):
     def serve(self, service: str, handler: Handler, *, stop: threading.Event | None = None) -> None:
         self._check_open()
         check_name("service", service)
-        inbox = _Inbox()
+        inbox = Inbox()
         core = self._core
 
         def stopped() -> bool:

@@ -11,7 +11,8 @@ Request-reply speaks Majordomo (RFC 7) to the same endpoint.
 When the broker goes away (a crash, a restart) ZeroMQ reconnects on its own,
 each socket after its own random first interval, doubling to
 ``RECONNECT_MAX`` (jittered backoff: a restart does not bring every client
-back in the same instant). The bus watches its connection: requests waiting
+back in the same instant; :mod:`ringbus.backends._broker_session`, shared with
+the asyncio client). The bus watches its connection: requests waiting
 when it drops fail at once with :class:`ringbus.PeerGone` (a consume loop
 just asks again), and on reconnecting it says HELLO; a restarted broker
 (a new run) hears again of its consumers and of its ephemeral subscriptions,

@@ -86,8 +86,9 @@ class Calls:
 # --- exactly once, when nothing fails ----------------------------------------------------------------------
 
 def test_four_threads_ack_each_message_exactly_once(url: str, queue: str) -> None:
-    # Redis, RabbitMQ and NATS cost a round trip per settle: a fifth of the messages keeps the test short
-    n = N if url.startswith(("memory", "tcp", "ipc")) else N // 5
+    # Redis, RabbitMQ and NATS cost a round trip per settle (RabbitMQ a confirm per send too): fewer messages keep
+    # the test short
+    n = N if url.startswith(("memory", "tcp", "ipc")) else N // 20 if url.startswith("amqp") else N // 5
     ids = fill(url, queue, n)
     calls = Calls()
     with WorkerPool(url, queue, calls, workers=4) as pool:
@@ -97,7 +98,10 @@ def test_four_threads_ack_each_message_exactly_once(url: str, queue: str) -> Non
     assert set(calls.ids) == set(ids)  # ... once for each message sent
     assert (stats.processed, stats.failed, stats.retried, stats.dead_lettered, stats.in_flight) == (n, 0, 0, 0, 0)
     q = queue_stats(url, queue)
-    assert (q.acked, q.redelivered, q.depth, q.in_flight) == (n, 0, 0, 0)
+    assert (q.acked, q.depth, q.in_flight) == (n, 0, 0)
+    # RabbitMQ counts a prefetched message its consumer gave back (stopping) as redelivered: at most a prefetch
+    # window per worker; elsewhere none
+    assert q.redelivered <= (4 * 16 if url.startswith("amqp") else 0)
 
 
 @pytest.mark.integration
@@ -328,10 +332,9 @@ def test_stop_finishes_in_flight_and_gives_back_the_rest(url: str, queue: str) -
     assert (q.acked, q.in_flight) == (1, 0)  # ... and acked
     rest = drain(url, queue)
     assert sorted(m.id for m in rest) == sorted(ids[1:])  # the other 49 wait in the queue ...
-    # ... the prefetched ones given back without an attempt. RabbitMQ: a delivery that arrives while the consumer
-    # is being cancelled is requeued by RabbitMQ itself, one attempt more (docs/backends.md); at most one here
-    attempted = sum(m.attempts != 0 for m in rest)
-    assert attempted <= (1 if url.startswith("amqp") else 0) and all(m.attempts <= 1 for m in rest)
+    # ... the prefetched ones given back without an attempt; RabbitMQ's requeue keeps their place in the queue
+    # but counts one attempt each (docs/backends.md)
+    assert {m.attempts for m in rest} <= ({0, 1} if url.startswith("amqp") else {0})
 
 
 @pytest.mark.integration

@@ -799,18 +799,11 @@ class AmqpBus(Bus):
                     self._give_back(channel, method, properties, body, queue)
 
     def _give_back(self, channel: Any, method: Any, properties: Any, body: bytes, queue: str | None) -> None:
-        """Put back a prefetched delivery nobody took, without counting an attempt: RabbitMQ's own requeue would
-        set ``redelivered`` (one attempt more), so a queue's copy is republished as it came, then acked."""
+        """Put back a prefetched delivery nobody took. RabbitMQ's requeue keeps its place in the queue (a copy
+        republished would go to the back and break the queue's order), at the price of ``redelivered``: it counts
+        one attempt when it comes again (docs/backends.md)."""
         if queue is not None:
             self._delivered(queue, -1)
-            message, expires, _ = self._decode(properties, body, method.redelivered)
-            try:
-                self._publish(self._q(queue), self._properties(message, message.attempts, expires), body, queue)
-            except (NotFound, Full):
-                pass  # cannot republish: RabbitMQ's requeue below keeps it (one attempt more)
-            else:
-                channel.basic_ack(method.delivery_tag)
-                return
         channel.basic_nack(method.delivery_tag, requeue=True)
 
     def _stop_consuming(self, tag: str, inbox: Inbox, queue: str | None = None) -> None:
@@ -1207,7 +1200,7 @@ class AmqpBus(Bus):
         for inbox, _ in inboxes:
             inbox.close()
 
-        def give_back() -> None:  # prefetched, never handed out: back without an attempt
+        def give_back() -> None:  # prefetched, never handed out: back in its place
             channel = self._io.ch
             self._io.conn.process_data_events(time_limit=0)  # what pika holds undispatched, into the inboxes
             for tag in list(channel.consumer_tags):  # first, or the acks below make room for new deliveries

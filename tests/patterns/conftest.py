@@ -1,8 +1,15 @@
-"""A pattern that needs a feature the backend under test lacks fails with ringbus.Unsupported naming it (the
-contract): on a remote backend that is reported as a skip with that sentence, not as a failure."""
+"""The patterns' tests run on memory:// and the broker, and on Redis, RabbitMQ and NATS (the remote backends).
+
+The remote runs take as long as the rest of the suite together, so the README's test command leaves them out;
+``RINGBUS_PATTERN_BACKENDS=all`` (or ``RINGBUS_FULL=1``) puts them in, and CI runs them as a second step
+(``.ci/run``: ``pytest tests/patterns -m remote_backend``). A pattern that needs a feature the backend under test
+lacks fails with ringbus.Unsupported naming it (the contract): on a remote backend that is reported as a skip
+with that sentence, not as a failure.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
 from typing import Any
@@ -13,6 +20,26 @@ import ringbus
 
 # the fixtures every test module here runs on (memory://, the broker, the remote backends), found by pytest here
 from .bus_fixtures import REMOTE_BACKENDS, queue, thread_broker, url  # noqa: F401
+
+
+def _remote_runs_wanted() -> bool:
+    return os.environ.get("RINGBUS_PATTERN_BACKENDS") == "all" or os.environ.get("RINGBUS_FULL") == "1"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Marks every test on a remote backend ``remote_backend``; leaves them out unless asked for."""
+    keep, left_out = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("url") in REMOTE_BACKENDS:
+            item.add_marker(pytest.mark.remote_backend)
+            if not _remote_runs_wanted():
+                left_out.append(item)
+                continue
+        keep.append(item)
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = keep
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Generator, Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,17 +22,23 @@ import ringbus
 # the fixtures every test module here runs on (memory://, the broker, the remote backends), found by pytest here
 from .bus_fixtures import REMOTE_BACKENDS, queue, thread_broker, url  # noqa: F401
 
+HERE = Path(__file__).parent
+
 
 def _remote_runs_wanted() -> bool:
     return os.environ.get("RINGBUS_PATTERN_BACKENDS") == "all" or os.environ.get("RINGBUS_FULL") == "1"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Marks every test on a remote backend ``remote_backend``; leaves them out unless asked for."""
+    """Marks every pattern test on a remote backend ``remote_backend``; leaves them out unless asked for.
+
+    The hook sees the whole session's items: only those of this directory are touched (tests/contract and tests/aio
+    run on the remote backends in the README's command)."""
     keep, left_out = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
-        if callspec is not None and callspec.params.get("url") in REMOTE_BACKENDS:
+        if (HERE in item.path.parents and callspec is not None
+                and callspec.params.get("url") in REMOTE_BACKENDS):
             item.add_marker(pytest.mark.remote_backend)
             if not _remote_runs_wanted():
                 left_out.append(item)

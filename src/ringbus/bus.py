@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, overload
 from urllib.parse import urlsplit
 
-from ringbus.errors import Closed
+from ringbus.errors import Closed, Unsupported
 from ringbus.message import HeaderValue, Message
 
 if TYPE_CHECKING:
@@ -424,7 +424,10 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
 
         return BrokerBus(url, **options)
     if scheme in ("redis", "rediss"):
-        from ringbus.backends.redis import RedisBus
+        try:
+            from ringbus.backends.redis import RedisBus
+        except ImportError as exc:
+            raise Unsupported(f"the redis:// backend needs redis-py: pip install 'ringbus[redis]' ({exc})") from None
 
         return RedisBus(url, **options)
     if scheme in ("amqp", "amqps"):
@@ -432,11 +435,15 @@ def connect(url: str = "memory://", **options: Any) -> Bus:
 
         return AmqpBus(url, **options)
     if scheme == "mqtt":
-        from ringbus.backends.mqtt import MqttBus
+        try:
+            from ringbus.backends.mqtt import MqttBus
+        except ImportError as exc:
+            raise Unsupported(f"the mqtt:// backend needs paho-mqtt: pip install 'ringbus[mqtt]' ({exc})") from None
 
         return MqttBus(url, **options)
     if scheme == "nats":
         from ringbus.backends.nats import NatsBus
 
         return NatsBus(url, **options)
-    raise ValueError(f"unknown bus url {url!r}: expected memory://, tcp://host:port or ipc:///path")
+    raise ValueError(f"unknown bus url {url!r}: expected memory://, tcp://host:port, ipc:///path, redis://, "
+                     "amqp://, nats:// or mqtt://")

@@ -383,6 +383,9 @@ def _listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # listening now, not when uvicorn's startup gets to it: a client told the port (the "listening on" line)
+        # may connect at once, and a bound socket that does not listen refuses it
+        sock.listen(2048)
     except OSError:
         sock.close()
         raise
